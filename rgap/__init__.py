@@ -1,0 +1,1 @@
+"""rgap-bench core: models, data, shared gradients, R-GAP, rank analysis and metrics."""

@@ -1,0 +1,275 @@
+"""Per-layer constraint systems of R-GAP, registered by layer type.
+
+For a layer ``z = A x`` whose output gradient is ``k = dl/dz``, the unknown input ``x`` satisfies
+  * gradient constraints ``K(k) x = vec(dl/dW)`` (one row per weight), and
+  * weight constraints ``A x = z`` (one row per output, ``z`` from inverting the activation above).
+R-GAP solves the stacked least-squares problem. We never form the stacked matrix: the normal equations
+``(K^T K + A^T A) x = K^T g + A^T z`` are built from the structure of each layer:
+
+* Linear: ``K^T K = |k|^2 I``, ``K^T g = dW^T k``.
+* Conv2d: ``K`` is block-diagonal over input channels with one shared block ``K0`` (kernel taps x pixels),
+  built with a dilated convolution of ``k``; ``A^T A`` is obtained by pushing the identity through the
+  convolution and its transpose (torch conv ops, no Python loops over pixels).
+
+``stacked_system`` forms the dense matrix anyway; it exists for tests and small rank checks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgap.errors import UnsupportedLayerError
+from rgap.solvers import Solution, solve_gram
+
+
+@dataclass(frozen=True)
+class ConstraintCounts:
+    """Sizes from the rank analysis: unknowns |x|, gradient constraints |W|, weight constraints |z|."""
+
+    x: int
+    w: int
+    z: int
+
+
+class LayerInverter(ABC):
+    """Constraint system of one weight layer with fixed input/output shapes."""
+
+    def __init__(self, layer: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> None:
+        self.layer = layer
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+        self.n = int(torch.Size(self.input_shape).numel())
+
+    def weight(self, like: torch.Tensor) -> torch.Tensor:
+        return self.layer.weight.detach().to(dtype=like.dtype, device=like.device)
+
+    def counts(self) -> ConstraintCounts:
+        return ConstraintCounts(self.n, self.layer.weight.numel(), int(torch.Size(self.output_shape).numel()))
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A x for ``x`` of shape ``input_shape`` (no batch dim); returns ``output_shape``."""
+
+    @abstractmethod
+    def input_vjp(self, k: torch.Tensor) -> torch.Tensor:
+        """A^T k: the gradient w.r.t. the layer input given ``k = dl/dz`` (shape ``output_shape``)."""
+
+    @abstractmethod
+    def gradient_normal(self, k: torch.Tensor, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K^T K, K^T vec(grad_w)) of the gradient constraints, as an N x N matrix and an N vector."""
+
+    @abstractmethod
+    def weight_gram(self, like: torch.Tensor) -> torch.Tensor:
+        """A^T A as an N x N matrix."""
+
+    def normal_equations(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """G = K^T K + A^T A and rhs = K^T g + A^T z (weight constraints dropped when ``z`` is None)."""
+        gram, rhs = self.gradient_normal(k, grad_w)
+        if z is not None:
+            gram = gram + self.weight_gram(k)
+            rhs = rhs + self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
+        return gram, rhs
+
+    def solve(self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None) -> Solution:
+        """Least-squares input from the stacked gradient and weight constraints."""
+        gram, rhs = self.normal_equations(k, grad_w, z)
+        return solve_gram(gram, rhs)
+
+    @abstractmethod
+    def gradient_matrix(self, k: torch.Tensor) -> torch.Tensor:
+        """Dense K(k), |W| x N, rows in the order of ``vec(dl/dW)``."""
+
+    @abstractmethod
+    def weight_matrix(self, like: torch.Tensor) -> torch.Tensor:
+        """Dense A, |z| x N."""
+
+    @abstractmethod
+    def weight_gradient(self, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """dl/dW for one input ``x`` and output gradient ``k`` (the forward model of the gradient constraints)."""
+
+    def stacked_system(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense [K; A] and [vec g; z]: only for small layers (tests, brute-force ranks)."""
+        rows, values = [self.gradient_matrix(k)], [grad_w.reshape(-1)]
+        if z is not None:
+            rows.append(self.weight_matrix(k))
+            values.append(z.reshape(-1))
+        return torch.cat(rows), torch.cat(values)
+
+
+INVERTER_REGISTRY: dict[type[nn.Module], type[LayerInverter]] = {}
+
+
+def register_inverter(layer_type: type[nn.Module]) -> Callable[[type[LayerInverter]], type[LayerInverter]]:
+    """Class decorator: register the constraint system for ``layer_type`` (duplicates are refused)."""
+
+    def wrap(cls: type[LayerInverter]) -> type[LayerInverter]:
+        if layer_type in INVERTER_REGISTRY:
+            raise ValueError(f"An inverter for {layer_type.__name__} is already registered.")
+        INVERTER_REGISTRY[layer_type] = cls
+        return cls
+
+    return wrap
+
+
+def make_inverter(layer: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> LayerInverter:
+    """The registered inverter for ``layer`` or ``UnsupportedLayerError``."""
+    cls = INVERTER_REGISTRY.get(type(layer))
+    if cls is None:
+        known = ", ".join(t.__name__ for t in INVERTER_REGISTRY)
+        raise UnsupportedLayerError(f"No R-GAP inverter for {type(layer).__name__}; supported: {known}.")
+    return cls(layer, input_shape, output_shape)
+
+
+@register_inverter(nn.Linear)
+class LinearInverter(LayerInverter):
+    """``z = W x`` with ``dl/dW = k x^T``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight(x) @ x.reshape(-1)
+
+    def input_vjp(self, k: torch.Tensor) -> torch.Tensor:
+        return self.weight(k).T @ k.reshape(-1)
+
+    def weight_gradient(self, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.outer(k.reshape(-1), x.reshape(-1))
+
+    def gradient_matrix(self, k: torch.Tensor) -> torch.Tensor:
+        return torch.kron(k.reshape(-1, 1), torch.eye(self.n, dtype=k.dtype, device=k.device))
+
+    def weight_matrix(self, like: torch.Tensor) -> torch.Tensor:
+        return self.weight(like)
+
+    def gradient_normal(self, k: torch.Tensor, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = k.reshape(-1)
+        gram = torch.eye(self.n, dtype=k.dtype, device=k.device) * (k @ k)
+        return gram, grad_w.reshape(k.numel(), self.n).T @ k
+
+    def weight_gram(self, like: torch.Tensor) -> torch.Tensor:
+        w = self.weight(like)
+        return w.T @ w
+
+    def solve(self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None) -> Solution:
+        """Woodbury identity when the layer is wide: (aI + W^T W)^-1 needs only an n_out x n_out solve."""
+        k = k.reshape(-1)
+        alpha = k @ k
+        w = self.weight(k)
+        if z is None or float(alpha) == 0.0 or w.shape[0] >= self.n:
+            return super().solve(k, grad_w, z)
+        rhs = grad_w.reshape(k.numel(), self.n).T @ k + w.T @ z.reshape(-1)
+        small = w @ w.T + alpha * torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        correction = w.T @ torch.linalg.solve(small, w @ rhs)
+        return Solution((rhs - correction) / alpha, self.n, self.n, "woodbury")
+
+
+@register_inverter(nn.Conv2d)
+class Conv2dInverter(LayerInverter):
+    """Bias-free zero-padded convolution with any stride; unknowns are the unpadded input pixels."""
+
+    def __init__(self, layer: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> None:
+        super().__init__(layer, input_shape, output_shape)
+        if len(self.input_shape) != 3:
+            raise UnsupportedLayerError(f"Conv2d input must be (C, H, W), got {self.input_shape}.")
+        self.stride = tuple(layer.stride)
+        self.padding = tuple(layer.padding)
+        self.kernel = tuple(layer.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x.reshape(1, *self.input_shape), self.weight(x), stride=self.stride, padding=self.padding)
+        return out[0]
+
+    def input_vjp(self, k: torch.Tensor) -> torch.Tensor:
+        k = k.reshape(1, *self.output_shape)
+        out = torch.nn.grad.conv2d_input((1, *self.input_shape), self.weight(k), k, self.stride, self.padding)
+        return out[0]
+
+    def _channel_block(self, k: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """dl/dW[f, c, :, :] for single-channel ``images`` [N, H, W]: a dilated correlation with ``k``."""
+        ph, pw = self.padding
+        padded = F.pad(images.unsqueeze(1), (pw, pw, ph, ph))
+        kernels = k.reshape(self.output_shape).unsqueeze(1)  # [F, 1, Ho, Wo]
+        out = F.conv2d(padded, kernels, dilation=self.stride)
+        return out[:, :, : self.kernel[0], : self.kernel[1]]  # [N, F, kh, kw]
+
+    def weight_gradient(self, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(self.input_shape)
+        return self._channel_block(k, x).permute(1, 0, 2, 3)  # [F, C, kh, kw]
+
+    def channel_matrix(self, k: torch.Tensor) -> torch.Tensor:
+        """K0: the gradient-constraint block shared by every input channel, (F*kh*kw) x (H*W)."""
+        _, h, w = self.input_shape
+        basis = torch.eye(h * w, dtype=k.dtype, device=k.device).reshape(h * w, h, w)
+        return self._channel_block(k, basis).reshape(h * w, -1).T
+
+    def gradient_matrix(self, k: torch.Tensor) -> torch.Tensor:
+        channels, n_out, taps = self.input_shape[0], self.output_shape[0], self.kernel[0] * self.kernel[1]
+        k0 = self.channel_matrix(k).reshape(n_out, taps, -1)
+        eye = torch.eye(channels, dtype=k.dtype, device=k.device)
+        return torch.einsum("ftp,cd->fctdp", k0, eye).reshape(n_out * channels * taps, self.n)
+
+    def weight_matrix(self, like: torch.Tensor) -> torch.Tensor:
+        return self._basis_columns(like).reshape(self.n, -1).T
+
+    def _basis_columns(self, like: torch.Tensor) -> torch.Tensor:
+        """A e_j for every unit input e_j: [N, F, Ho, Wo] (the rows of A^T)."""
+        basis = torch.eye(self.n, dtype=like.dtype, device=like.device).reshape(self.n, *self.input_shape)
+        return F.conv2d(basis, self.weight(like), stride=self.stride, padding=self.padding)
+
+    def _gradient_block(self, k: torch.Tensor, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K0^T K0 (the block every input channel shares) and K^T vec(grad_w)."""
+        channels = self.input_shape[0]
+        k0 = self.channel_matrix(k)
+        g = grad_w.reshape(grad_w.shape[0], channels, -1).permute(0, 2, 1).reshape(k0.shape[0], channels)
+        return k0.T @ k0, (k0.T @ g).T.reshape(-1)
+
+    def gradient_normal(self, k: torch.Tensor, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        block, rhs = self._gradient_block(k, grad_w)
+        return torch.block_diag(*([block] * self.input_shape[0])), rhs
+
+    def weight_gram(self, like: torch.Tensor) -> torch.Tensor:
+        """A^T A by index arithmetic: the sum over output positions of W^T W scattered onto each patch.
+
+        With ``Wm = W.reshape(F, C*kh*kw)`` and ``P_o`` the patch of output position ``o`` in the padded
+        input, ``A^T A = sum_o P_o^T (Wm^T Wm) P_o``. Every channel pair shares the spatial scatter pattern,
+        so each scattered index adds a contiguous vector of C*C values. Padded rows/columns are dropped.
+        """
+        channels, height, width = self.input_shape
+        (ph, pw), (kh, kw) = self.padding, self.kernel
+        hp, wp = height + 2 * ph, width + 2 * pw
+        taps, pixels = kh * kw, height * width
+        weight = self.weight(like).reshape(self.layer.out_channels, channels, taps)
+        # patch_gram[t, t', c, c'] = sum_f W[f, c, t] W[f, c', t']
+        patch_gram = torch.einsum("fct,fdu->tucd", weight, weight).reshape(taps * taps, channels * channels)
+        # Interior index of every padded position (-1 on the zero padding), read through each patch.
+        remap = torch.full((hp, wp), -1.0, dtype=torch.float64)
+        remap[ph : ph + height, pw : pw + width] = torch.arange(pixels, dtype=torch.float64).reshape(height, width)
+        patches = F.unfold(remap.reshape(1, 1, hp, wp), (kh, kw), stride=self.stride)[0].T.long()  # L x taps
+        rows, cols = patches[:, :, None].expand(-1, -1, taps), patches[:, None, :].expand(-1, taps, -1)
+        valid = ((rows >= 0) & (cols >= 0)).reshape(-1).to(like.device)
+        flat = (rows * pixels + cols).reshape(-1).to(like.device)[valid]
+        source = patch_gram.repeat(patches.shape[0], 1)[valid]
+        gram = torch.zeros(pixels * pixels, channels * channels, dtype=like.dtype, device=like.device)
+        gram.index_add_(0, flat, source)
+        return gram.reshape(pixels, pixels, channels, channels).permute(2, 0, 3, 1).reshape(self.n, self.n)
+
+    def normal_equations(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the base class, adding the channel-block-diagonal K^T K in place (no block_diag copy)."""
+        if z is None:
+            return self.gradient_normal(k, grad_w)
+        block, rhs = self._gradient_block(k, grad_w)
+        gram = self.weight_gram(k)
+        channels, pixels = self.input_shape[0], block.shape[0]
+        gram.view(channels, pixels, channels, pixels).diagonal(dim1=0, dim2=2).add_(block.unsqueeze(-1))
+        rhs = rhs + self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
+        return gram, rhs

@@ -1,0 +1,41 @@
+"""Training losses of the attacked client, registered by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rgap.errors import UserInputError
+
+
+def signed_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Map labels {0, 1} to {-1, +1}."""
+    return 2.0 * labels.to(torch.float64) - 1.0
+
+
+def logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean logistic loss of one logit per sample, ``mean log(1 + exp(-y f))`` with y = 2 label - 1.
+
+    Equals ``binary_cross_entropy_with_logits`` for labels in {0, 1}; also accepts soft labels in [0, 1].
+    """
+    y = signed_labels(labels).to(logits.dtype).reshape(-1)
+    return F.softplus(-y * logits.reshape(-1)).mean()
+
+
+def logistic_dloss(f: torch.Tensor | float, y: torch.Tensor | float) -> torch.Tensor:
+    """d/df log(1 + exp(-y f)) = -y / (1 + exp(y f)) for a signed label ``y``."""
+    f = torch.as_tensor(f, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.float64)
+    return -y * torch.sigmoid(-y * f)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"logistic": logistic_loss}
+
+
+def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss function registered as ``name``."""
+    if name not in LOSSES:
+        raise UserInputError(f"Unknown loss {name!r}; valid choices: {', '.join(sorted(LOSSES))}.")
+    return LOSSES[name]

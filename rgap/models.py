@@ -1,0 +1,169 @@
+"""The attacked networks: CNN6, CNN6-d, FCN3 (R-GAP reference code, branch ``main``) and a Sigmoid LeNet
+(reference code, branch ``dev``). All are plain ``nn.Sequential`` stacks of bias-free weight layers and
+activations ending in one logit (trained with the logistic loss), built for any input shape and seeded.
+
+Models are built through Hydra ``_target_`` (``conf/model/*.yaml``); each builder takes the dataset's
+``input_shape`` and the trial ``seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from rgap.errors import UserInputError
+
+ConvSpec = tuple[int, int, int, int]  # out_channels, kernel, stride, padding
+
+
+def _init_default(model: nn.Module, std: float) -> None:
+    """Keep PyTorch's default initialisation (already applied at construction)."""
+
+
+def _init_normal(model: nn.Module, std: float) -> None:
+    """Weights ~ N(0, std^2), as the reference code's ``weight_init`` for its noise study (std 0.01)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+def _init_uniform(model: nn.Module, std: float) -> None:
+    """Weights ~ U(-std, std); DLG/iDLG's LeNet uses U(-0.5, 0.5)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.uniform_(module.weight, -std, std)
+
+
+INIT_SCHEMES: dict[str, Callable[[nn.Module, float], None]] = {
+    "default": _init_default,
+    "normal": _init_normal,
+    "uniform": _init_uniform,
+}
+
+ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
+    "leaky_relu": lambda slope: nn.LeakyReLU(negative_slope=slope),
+    "sigmoid": lambda slope: nn.Sigmoid(),
+    "identity": lambda slope: nn.Identity(),
+    "relu": lambda slope: nn.ReLU(),
+}
+
+
+def _activation(name: str, slope: float) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UserInputError(f"Unknown activation {name!r}; valid choices: {', '.join(sorted(ACTIVATIONS))}.")
+    return ACTIVATIONS[name](slope)
+
+
+def _seeded_build(builder: Callable[[], nn.Module], seed: int, init: str, init_std: float) -> nn.Module:
+    """Build a model under a forked RNG seeded with ``seed`` so construction never touches global state."""
+    if init not in INIT_SCHEMES:
+        raise UserInputError(f"Unknown init scheme {init!r}; valid choices: {', '.join(sorted(INIT_SCHEMES))}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = builder()
+        INIT_SCHEMES[init](model, init_std)
+    return model.eval()
+
+
+def conv_net(
+    input_shape: Sequence[int],
+    convs: Sequence[ConvSpec],
+    hidden: Sequence[int] = (),
+    activation: str = "leaky_relu",
+    slope: float = 0.2,
+    num_outputs: int = 1,
+    seed: int = 0,
+    init: str = "default",
+    init_std: float = 0.01,
+) -> nn.Sequential:
+    """Bias-free conv stack -> flatten -> fully connected layers -> ``num_outputs`` logits.
+
+    Every conv and hidden FC layer is followed by ``activation``; the output layer by none.
+    """
+    channels, height, width = (int(v) for v in input_shape)
+
+    def build() -> nn.Sequential:
+        layers: list[nn.Module] = []
+        in_ch = channels
+        for out_ch, kernel, stride, padding in convs:
+            layers += [
+                nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False),
+                _activation(activation, slope),
+            ]
+            in_ch = out_ch
+        layers.append(nn.Flatten())
+        with torch.no_grad():
+            features = nn.Sequential(*layers)(torch.zeros(1, channels, height, width)).shape[1]
+        for width_out in hidden:
+            layers += [nn.Linear(features, width_out, bias=False), _activation(activation, slope)]
+            features = width_out
+        layers.append(nn.Linear(features, num_outputs, bias=False))
+        return nn.Sequential(*layers)
+
+    return _seeded_build(build, seed, init, init_std)
+
+
+def cnn6(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
+         slope: float = 0.2, num_outputs: int = 1) -> nn.Sequential:
+    """CNN6 of the R-GAP paper (Fig. 3): six bias-free convs with LeakyReLU(0.2) and one FC logit."""
+    convs = [(12, 4, 2, 2), (36, 3, 2, 1), (36, 3, 1, 1), (36, 3, 1, 1), (64, 3, 2, 1), (128, 3, 1, 1)]
+    return conv_net(input_shape, convs, slope=slope, num_outputs=num_outputs, seed=seed, init=init,
+                    init_std=init_std)
+
+
+def cnn6d(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
+          slope: float = 0.2, num_outputs: int = 1) -> nn.Sequential:
+    """CNN6-d: CNN6 with conv2 narrowed to 20 channels, which makes conv2 rank-deficient for R-GAP."""
+    convs = [(12, 4, 2, 2), (20, 3, 2, 1), (36, 3, 1, 1), (36, 3, 1, 1), (64, 3, 2, 1), (128, 3, 1, 1)]
+    return conv_net(input_shape, convs, slope=slope, num_outputs=num_outputs, seed=seed, init=init,
+                    init_std=init_std)
+
+
+def lenet(input_shape: Sequence[int], seed: int = 0, init: str = "normal", init_std: float = 0.01,
+          num_outputs: int = 1) -> nn.Sequential:
+    """LeNet with Sigmoid activations (reference code, branch ``dev``; also DLG's and iDLG's victim)."""
+    convs = [(12, 5, 2, 2), (12, 5, 2, 2), (12, 5, 1, 2)]
+    return conv_net(input_shape, convs, activation="sigmoid", num_outputs=num_outputs, seed=seed, init=init,
+                    init_std=init_std)
+
+
+def fcn3(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
+         slope: float = 0.2, num_outputs: int = 1) -> nn.Sequential:
+    """FCN3: |x| -> 1000 -> 100 -> 1, bias-free, LeakyReLU(0.2) after every layer including the last."""
+    features = 1
+    for v in input_shape:
+        features *= int(v)
+
+    def build() -> nn.Sequential:
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(features, 1000, bias=False), nn.LeakyReLU(slope),
+            nn.Linear(1000, 100, bias=False), nn.LeakyReLU(slope),
+            nn.Linear(100, num_outputs, bias=False), nn.LeakyReLU(slope),
+        )
+
+    return _seeded_build(build, seed, init, init_std)
+
+
+def collect_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[tuple[int, ...], ...]]:
+    """Input and output shapes (without batch dim) of every leaf module, recorded with forward hooks.
+
+    ``forward``'s return value is untouched; returns ``{module: (input_shape, output_shape)}``.
+    """
+    shapes: dict[nn.Module, tuple[tuple[int, ...], ...]] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        shapes[module] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes

@@ -1,0 +1,62 @@
+"""Dense symmetric positive semi-definite solves for R-GAP's normal equations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+
+#: Singular values of the stacked system below ``RCOND * sigma_max`` count as zero (rank deficiency).
+RCOND = 1e-7
+
+
+@dataclass
+class Solution:
+    """Result of one layer solve: ``x`` plus how it was obtained."""
+
+    x: torch.Tensor
+    rank: int
+    n: int
+    method: str  # "cholesky", "woodbury" or "pinv" (minimum-norm solution of a rank-deficient system)
+
+
+def singular_values_from_gram(gram: torch.Tensor) -> np.ndarray:
+    """Singular values of the stacked system whose Gram matrix is ``gram``, in descending order."""
+    eig = scipy.linalg.eigh(gram.detach().cpu().double().numpy(), eigvals_only=True, driver="evd")
+    return np.sqrt(np.clip(eig[::-1], 0.0, None))
+
+
+def numerical_rank(singular_values: np.ndarray, rcond: float = RCOND) -> int:
+    """Number of singular values above ``rcond`` times the largest."""
+    if singular_values.size == 0 or singular_values[0] == 0:
+        return 0
+    return int((singular_values > rcond * singular_values[0]).sum())
+
+
+def solve_gram(gram: torch.Tensor, rhs: torch.Tensor, rcond: float = RCOND) -> Solution:
+    """Least-squares solution from the normal equations ``gram x = rhs``.
+
+    Cholesky when the system is well determined; otherwise (Cholesky fails, or a pivot is below
+    ``rcond^2`` of the largest, i.e. the stacked system has a singular value below ``rcond`` relative)
+    the minimum-norm solution from an eigendecomposition, with the numerical rank.
+    """
+    n = gram.shape[0]
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) == 0:
+        pivots = torch.diagonal(chol) ** 2
+        if float(pivots.min()) > rcond**2 * float(pivots.max()):
+            x = torch.cholesky_solve(rhs.reshape(-1, 1), chol).reshape(-1)
+            return Solution(x, n, n, "cholesky")
+    return pinv_solve(gram, rhs, rcond)
+
+
+def pinv_solve(gram: torch.Tensor, rhs: torch.Tensor, rcond: float = RCOND) -> Solution:
+    """Minimum-norm solution through the eigendecomposition of ``gram`` (slow path for rank deficiency)."""
+    eig, vecs = scipy.linalg.eigh(gram.detach().cpu().double().numpy(), driver="evd")
+    sigma_max = np.sqrt(max(eig.max(), 0.0))
+    keep = eig > (rcond * sigma_max) ** 2
+    coeff = vecs[:, keep].T @ rhs.detach().cpu().double().numpy()
+    x = vecs[:, keep] @ (coeff / eig[keep])
+    return Solution(torch.from_numpy(x).to(rhs), int(keep.sum()), gram.shape[0], "pinv")
