@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import importlib
-import inspect
 import operator
 import os
 import pickle
@@ -30,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgap.errors import DatasetNotFoundError, RGapBenchError, UserInputError
+from rgap.config import instantiate_group, short_error
+from rgap.errors import DatasetNotFoundError, UserInputError
 
 __all__ = [
     "CIFAR10_BINARY_ZERO",
@@ -304,25 +303,18 @@ def load_sample_gray(num_classes: int = 2) -> ImageSet:
 # --------------------------------------------------------------------------------------------------------
 # torchvision datasets
 # --------------------------------------------------------------------------------------------------------
-def _short_error(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _not_found_message(
     title: str, data_dir: str, download: bool, exc: BaseException, files: str, offline: str
 ) -> str:
     if download:
         what = (
             f"{title} could not be loaded from {data_dir}: dataset.download=true but the download failed "
-            f"({_short_error(exc)})."
+            f"({short_error(exc)})."
         )
     else:
         # torchvision's own "Dataset not found ... use download=True" adds nothing; other errors
         # (e.g. a truncated pickle) are worth showing.
-        detail = "" if str(exc).startswith("Dataset not found") else f"; {_short_error(exc)}"
+        detail = "" if str(exc).startswith("Dataset not found") else f"; {short_error(exc)}"
         what = (
             f"{title} was not found (or is incomplete/corrupted) in {data_dir} and download is off "
             f"(dataset.download=false{detail})."
@@ -464,7 +456,7 @@ def load_folder(
                 im = im.crop((left, top, left + size, top + size))
                 arr = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise UserInputError(f"Could not read image file {fpath} ({_short_error(exc)}).") from exc
+            raise UserInputError(f"Could not read image file {fpath} ({short_error(exc)}).") from exc
         if arr.ndim == 2:
             arr = arr[:, :, None]
         images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
@@ -476,86 +468,13 @@ def load_folder(
 # --------------------------------------------------------------------------------------------------------
 # Config entry point and index selection
 # --------------------------------------------------------------------------------------------------------
-def _is_hydra_key(key: str) -> bool:
-    return key.startswith("_") and key.endswith("_")
-
-
-def _locate_callable(path: str) -> Any:
-    """Import ``package.module.attr`` (quietly, unlike ``hydra.utils.get_method`` which logs errors)."""
-    parts = path.split(".")
-    if not all(parts):
-        raise ValueError(f"'{path}' is not a dotted path")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ModuleNotFoundError as exc:
-            module = ".".join(parts[:split])
-            if exc.name and not (module + ".").startswith(exc.name + "."):
-                raise  # the module exists but one of its own imports is missing
-            continue
-        for attr in parts[split:]:
-            obj = getattr(obj, attr)
-        if not callable(obj):
-            raise ValueError(f"'{path}' is not callable")
-        return obj
-    raise ImportError(f"no module found for '{path}'")
-
-
 def build_dataset(cfg: Mapping) -> ImageSet:
     """Instantiate the dataset described by a ``conf/dataset/*.yaml`` mapping (dict or DictConfig).
 
     Key ``name`` is dropped, the rest goes to ``hydra.utils.instantiate`` (``_target_`` names the loader).
     Unknown or missing (``???``) keys raise :class:`UserInputError`.
     """
-    import hydra.utils
-    from hydra.errors import InstantiationException
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-        missing = [str(k) for k in node if OmegaConf.is_missing(node, k)]
-        if missing:
-            raise UserInputError(
-                "Dataset option(s) "
-                + ", ".join(f"dataset.{k}" for k in missing)
-                + " must be set (they are '???' in the config), e.g. dataset.path=/dir/with/images."
-            )
-        container = OmegaConf.to_container(node, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise UserInputError(f"Invalid dataset config: {_short_error(exc, 400)}") from exc
-    assert isinstance(container, dict)
-    container.pop("name", None)
-    target = container.get("_target_")
-    if not target:
-        raise UserInputError(
-            "The dataset config has no _target_ key naming its loader (e.g. rgap.data.load_sample)."
-        )
-    try:
-        fn = _locate_callable(str(target))
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserInputError(
-            f"dataset._target_={target} could not be imported ({_short_error(exc)})."
-        ) from exc
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = [str(k) for k in container if not _is_hydra_key(str(k)) and k not in params]
-        if unknown:
-            valid = ", ".join(p for p in params if p not in ("self", "cls")) or "(none)"
-            raise UserInputError(
-                f"Unknown dataset option(s) {', '.join('dataset.' + k for k in unknown)} for {target}; "
-                f"valid options are: {valid}."
-            )
-    try:
-        result = hydra.utils.instantiate(container)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, RGapBenchError):
-            raise cause from None
-        raise UserInputError(f"Could not build the dataset from {target}: {_short_error(exc, 400)}") from exc
-    if not isinstance(result, ImageSet):
-        raise UserInputError(f"dataset._target_={target} returned {type(result).__name__}, not an ImageSet.")
-    return result
+    return instantiate_group(cfg, "dataset", ImageSet)
 
 
 def select_indices(n_items: int, index: int, batch_size: int, seed: int) -> list[int]:

@@ -114,8 +114,14 @@ class LpipsScorer:
             f"LPIPS could not be set up: the ImageNet weights of its '{self.net}' backbone could not be "
             f"loaded ({short}). torchvision downloads them once from download.pytorch.org and caches them "
             f"as {where}. To fix this, run once with internet access, or copy {fname} into "
-            f"{os.path.dirname(where)} (or point TORCH_HOME elsewhere), or set metrics.require_lpips=false "
-            "to record LPIPS as missing and carry on."
+            f"{os.path.dirname(where)} (or point TORCH_HOME elsewhere). "
+            + (
+                "With metrics.require_lpips=true this is an error; set metrics.require_lpips=false to leave "
+                "the lpips column empty and carry on."
+                if self.require
+                else "The lpips column is left empty (metrics.require_lpips=true makes this an error, "
+                "metrics.lpips=false skips LPIPS)."
+            )
         )
 
     def _load(self) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rgap.activations import InvertibleActivation, IdentityActivation, invertible_activation, is_activation
+from rgap.activations import IdentityActivation, InvertibleActivation, invertible_activation, is_activation
 from rgap.errors import UnsupportedLayerError
 from rgap.models import collect_shapes
 

@@ -61,7 +61,7 @@ def last_layer_roots(c: float, activation: InvertibleActivation, y: float) -> tu
         return value.numpy() - c
 
     values = h(_ROOT_GRID)
-    roots: list[float] = [float(z) for z, v in zip(_ROOT_GRID, values) if v == 0.0]
+    roots: list[float] = [float(z) for z, v in zip(_ROOT_GRID, values, strict=True) if v == 0.0]
     for i in np.nonzero(np.sign(values[:-1]) * np.sign(values[1:]) < 0)[0]:
         root = scipy.optimize.brentq(h, _ROOT_GRID[i], _ROOT_GRID[i + 1], xtol=1e-300, rtol=4 * np.finfo(float).eps,
                                      maxiter=500)
@@ -167,7 +167,7 @@ def _gradient_residual(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
     params = list(model.parameters())
     logits = model(x.to(params[0]))
     produced = torch.autograd.grad(get_loss(loss)(logits, labels), [params[i] for i in param_indices])
-    num = sum(float(((p - g) ** 2).sum()) for p, g in zip(produced, grads))
+    num = sum(float(((p - g) ** 2).sum()) for p, g in zip(produced, grads, strict=True))
     den = sum(float((g**2).sum()) for g in grads)
     return float(np.sqrt(num / den)) if den > 0 else float("nan")
 

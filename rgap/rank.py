@@ -1,0 +1,169 @@
+"""Rank analysis of R-GAP (paper section "rank analysis"; notes ``rgap-paper.md`` section 2).
+
+For every weight layer ``z_i = W_i x_i`` R-GAP solves a linear system in the layer input ``x_i`` with
+
+* ``|x_i|`` unknowns (the unpadded layer input),
+* ``|W_i|`` gradient constraints (one per weight, ``dl/dW_i = f(k_i, x_i)``), and
+* ``|z_i|`` weight constraints (one per output, ``W_i x_i = z_i``).
+
+The count ``index = |x| - |W| - |z|`` is negative when a layer has more constraints than unknowns. The paper's
+figure adds *virtual constraints* ``|V_i|``. Its defining equation was not retrieved, so this module uses the
+rule derived in the notes, which reproduces every sign and both numbers of the figure: walking from the input
+upward, ``V_1 = 0`` and ``V_{i+1} = max(0, V_i - index_i)``, i.e. the surplus of constraints of the layer
+below (including what it received itself) is carried up to the next layer.
+
+Counts are only a prediction: the *numerical* rank of each layer's actual stacked system ``[K_i; A_i]`` at a
+real operating point (seeded random input, reversed logistic label, float64) decides whether the layer is
+determined. The two can disagree (e.g. CNN6-d conv2: count -312, yet rank-deficient).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import pandas as pd
+import torch
+from torch import nn
+
+from rgap.inverters import make_inverter
+from rgap.losses import logistic_loss
+from rgap.network import Stage, parse_stages
+from rgap.solvers import numerical_rank, singular_values_from_gram
+
+
+@dataclass
+class LayerRank:
+    """Counts and numerical rank of one layer's R-GAP constraint system."""
+
+    layer: str  # stage name, e.g. "conv1", "fc2"
+    kind: str  # "conv" or "fc"
+    x: int  # |x|: unknowns (unpadded layer input)
+    w: int  # |W|: gradient constraints (number of weights)
+    z: int  # |z|: weight constraints (layer output size)
+    v: int  # |V|: virtual constraints carried up from the layers below (derived rule, see module docstring)
+    index: int  # |x| - |W| - |z|
+    index_v: int  # |x| - |W| - |z| - |V|
+    rank: int | None  # numerical rank of [K; A] (None: not computed)
+    unknowns: int  # columns of [K; A] (= |x|)
+    deficiency: int | None  # unknowns - rank (None: not computed)
+    predicted: str  # "deficient" if index_v > 0 else "determined"
+
+
+def total_params(model: nn.Module) -> int:
+    """Number of scalar parameters of ``model`` (the figure's total |W|)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def virtual_constraints(indices: Sequence[int]) -> list[int]:
+    """|V_i| for layers ordered from the input upward: V_1 = 0, V_{i+1} = max(0, V_i - index_i).
+
+    This is the rule derived in the notes (surplus of the layer below is passed up), not the paper's equation.
+    """
+    v, out = 0, []
+    for index in indices:
+        out.append(v)
+        v = max(0, v - index)
+    return out
+
+
+def operating_point(
+    model: nn.Module, stages: list[Stage], input_shape: Sequence[int], seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(k, grad_w, z) of every stage of ``model`` (already float64) at a seeded random input in [0, 1].
+
+    ``k = dl/dz`` is the gradient of the logistic loss w.r.t. the layer's pre-activation output, taken by
+    autograd; the label is reversed as in the reference code (0 if the logit is positive, else 1).
+    """
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, *input_shape, generator=generator, dtype=torch.float64).to(param.device)
+    outputs: dict[int, torch.Tensor] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        output.retain_grad()
+        outputs[id(module)] = output
+
+    handles = [stage.layer.register_forward_hook(hook) for stage in stages]
+    try:
+        with torch.enable_grad():
+            for p in model.parameters():
+                p.requires_grad_(True)
+                p.grad = None
+            logit = model(x).reshape(-1)
+            label = torch.tensor([0.0 if float(logit.detach()[0]) > 0 else 1.0], dtype=torch.float64)
+            logistic_loss(logit, label).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    point = []
+    for stage in stages:
+        out = outputs[id(stage.layer)]
+        point.append((out.grad[0].detach(), stage.layer.weight.grad.detach().clone(), out[0].detach()))
+    return point
+
+
+def rank_analysis(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    seed: int = 0,
+    numerical: bool = True,
+    max_unknowns: int = 6000,
+) -> list[LayerRank]:
+    """Counts, virtual constraints and numerical rank of every layer, input layer first.
+
+    The numerical rank is that of the stacked system [K; A] with gradient and weight constraints (top layer
+    included), taken from the singular values of its Gram matrix ``G = K^T K + A^T A`` built by the layer's
+    inverter, with the cut-off ``rgap.solvers.RCOND``. The model is copied and cast to float64; the original
+    is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical`` is False and for layers
+    with more than ``max_unknowns`` unknowns (their dense Gram matrix and eigendecomposition would be costly).
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    work = copy.deepcopy(model).to(torch.float64)
+    stages = parse_stages(work, input_shape)
+    inverters = [make_inverter(s.layer, s.input_shape, s.output_shape) for s in stages]
+    counts = [inv.counts() for inv in inverters]
+    indices = [c.x - c.w - c.z for c in counts]
+    virtual = virtual_constraints(indices)
+    wanted = [numerical and c.x <= max_unknowns for c in counts]
+    point = operating_point(work, stages, input_shape, seed) if any(wanted) else []
+    rows = []
+    for i, (stage, inverter, c) in enumerate(zip(stages, inverters, counts, strict=True)):
+        rank = deficiency = None
+        if wanted[i]:
+            k, grad_w, z = point[i]
+            with torch.no_grad():
+                gram, _ = inverter.normal_equations(k, grad_w, z)
+            rank = numerical_rank(singular_values_from_gram(gram))
+            deficiency = c.x - rank
+            del gram
+        index_v = indices[i] - virtual[i]
+        rows.append(
+            LayerRank(
+                layer=stage.name,
+                kind="conv" if isinstance(stage.layer, nn.Conv2d) else "fc",
+                x=c.x,
+                w=c.w,
+                z=c.z,
+                v=virtual[i],
+                index=indices[i],
+                index_v=index_v,
+                rank=rank,
+                unknowns=c.x,
+                deficiency=deficiency,
+                predicted="deficient" if index_v > 0 else "determined",
+            )
+        )
+    return rows
+
+
+RANK_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerRank))
+
+
+def rank_table(rows: list[LayerRank]) -> pd.DataFrame:
+    """One row per layer in the given order (input layer first), columns as the ``LayerRank`` fields."""
+    frame = pd.DataFrame([asdict(r) for r in rows], columns=list(RANK_COLUMNS))
+    for column in ("rank", "deficiency"):
+        frame[column] = frame[column].astype("Int64")
+    return frame

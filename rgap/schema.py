@@ -1,0 +1,44 @@
+"""The one row schema: every trial writes exactly these columns, every reader expects them."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: Columns of ``row.csv``, in order. Metrics that could not be computed are empty and ``metric_notes`` says why.
+ROW_COLUMNS: tuple[str, ...] = (
+    "attack", "model", "dataset", "batch_size", "index", "indices", "seed", "label_mode", "precision", "loss",
+    "device", "status", "reason",
+    "mse", "psnr", "ssim", "lpips", "metric_notes", "scored_against",
+    "time_s", "labels", "attack_info",
+    "torch_version", "git_commit", "timestamp",
+)
+
+STATUSES = ("ok", "unsupported", "failed")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write one row as a two-line CSV atomically (temporary file + rename); unknown keys are refused."""
+    unknown = set(row) - set(ROW_COLUMNS)
+    if unknown:
+        raise KeyError(f"Row has columns outside the schema: {sorted(unknown)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(ROW_COLUMNS)
+        writer.writerow([_cell(row.get(column)) for column in ROW_COLUMNS])
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,225 @@
+"""One trial, one path, whatever the attack:
+
+config -> dataset + model -> shared gradient -> attack -> metrics -> row (+ images).
+
+``run_trial(cfg, out_dir)`` is what ``python -m runners.attack`` calls; tests and notebooks call it too.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgap.attack import Attack, AttackResult, SharedGradient
+from rgap.config import instantiate_group, short_error
+from rgap.data import ImageSet, build_dataset, select_indices
+from rgap.errors import UnsupportedError, UserInputError
+from rgap.images import rescale_minmax, save_image_grid
+from rgap.losses import get_loss
+from rgap.metrics import LpipsScorer, image_metrics
+from rgap.schema import write_row
+
+log = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+LABEL_MODES = ("true", "reversed")
+
+
+@dataclass
+class Trial:
+    """Everything a trial fixes before the attack runs."""
+
+    dataset: ImageSet
+    indices: list[int]
+    images: torch.Tensor  # [B, C, H, W], float32 in [0, 1]
+    labels: torch.Tensor  # true labels of the images
+    shared: SharedGradient  # what the attacker receives (labels = the ones the gradient used)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda[:N]``; a CUDA request on a machine without CUDA is a ``UserInputError``."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserInputError(f"device={name!r} is not a valid device; valid choices: cpu, cuda, cuda:N.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device={name!r} was requested but CUDA is not available here; use device=cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"device={name!r} is not supported; valid choices: cpu, cuda, cuda:N.")
+    return device
+
+
+def label_mode(value: Any) -> str:
+    """The ``label`` option as a string: YAML and Hydra read ``label=true`` as the boolean True."""
+    return "true" if value is True else str(value)
+
+
+def _choice(value: str, valid: Mapping[str, Any] | tuple[str, ...], key: str) -> str:
+    if value not in valid:
+        raise UserInputError(f"{key}={value!r} is not valid; valid choices: {', '.join(valid)}.")
+    return value
+
+
+def compute_shared_gradient(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss: str = "logistic",
+    precision: str = "float64",
+    label_mode: str = "true",
+    device: torch.device | str = "cpu",
+) -> SharedGradient:
+    """The client's update: gradient of the mean loss over ``images`` in ``precision``.
+
+    ``label_mode="reversed"`` trains on the label opposite to the model's prediction, as the R-GAP
+    reference code does (it makes the last-layer equation's root unique). The returned gradient keeps
+    the client's dtype; the attacker's model copy has the same weights.
+    """
+    dtype = PRECISIONS[_choice(precision, PRECISIONS, "precision")]
+    _choice(label_mode, LABEL_MODES, "label")
+    client = copy.deepcopy(model).to(device=device, dtype=dtype)
+    x = images.to(device=device, dtype=dtype)
+    logits = client(x)
+    if label_mode == "reversed":
+        labels = (logits.detach().reshape(-1) <= 0).long()
+    labels = labels.to(device)
+    value = get_loss(loss)(logits, labels)
+    grads = torch.autograd.grad(value, list(client.parameters()))
+    return SharedGradient(
+        model=client,
+        gradients=[g.detach() for g in grads],
+        labels=labels.detach(),
+        loss=loss,
+        input_shape=tuple(images.shape[1:]),
+        batch_size=images.shape[0],
+    )
+
+
+def setup_trial(cfg: Mapping[str, Any]) -> Trial:
+    """Dataset, images, seeded model and shared gradient for one trial config."""
+    device = resolve_device(str(cfg["device"]))
+    dataset = build_dataset(cfg["dataset"])
+    if cfg["loss"] == "logistic" and dataset.num_classes != 2:
+        raise UserInputError(
+            f"loss=logistic trains one logit on binary labels, but dataset.num_classes={dataset.num_classes}; "
+            "set dataset.num_classes=2."
+        )
+    indices = select_indices(len(dataset), int(cfg["index"]), int(cfg["batch_size"]), int(cfg["seed"]))
+    images, labels = dataset.get(indices)
+    model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=dataset.shape, seed=int(cfg["seed"]))
+    shared = compute_shared_gradient(
+        model, images, labels, loss=str(cfg["loss"]), precision=str(cfg["precision"]),
+        label_mode=label_mode(cfg["label"]), device=device,
+    )
+    return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared)
+
+
+def timed_attack(attack: Attack, shared: SharedGradient) -> tuple[AttackResult, float]:
+    """Run the attack alone under a wall clock (CUDA synchronised on both ends)."""
+    sync = shared.gradients[0].is_cuda
+    if sync:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = attack.reconstruct(shared)
+    if sync:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Short commit hash of the code (``+dirty`` with uncommitted changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _base_row(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "attack": cfg["attack"]["name"], "model": cfg["model"]["name"], "dataset": cfg["dataset"]["name"],
+        "batch_size": int(cfg["batch_size"]), "index": int(cfg["index"]), "seed": int(cfg["seed"]),
+        "label_mode": label_mode(cfg["label"]), "precision": cfg["precision"], "loss": cfg["loss"],
+        "device": str(cfg["device"]),
+        "torch_version": torch.__version__, "git_commit": git_commit(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
+              lpips: LpipsScorer | None = None) -> dict[str, Any]:
+    """Run one trial and return its row; with ``out_dir``, also write ``row.csv`` and the PNGs there.
+
+    ``UserInputError`` propagates (bad config: nothing is written). What the attack cannot do becomes
+    ``status=unsupported``, an unexpected attack error ``status=failed``; both keep the reason.
+    """
+    row = _base_row(cfg)
+    trial = setup_trial(cfg)
+    row["indices"] = " ".join(str(i) for i in trial.indices)
+    row["labels"] = " ".join(str(int(v)) for v in trial.labels)
+    attack = instantiate_group(cfg["attack"], "attack", Attack)
+    try:
+        result, seconds = timed_attack(attack, trial.shared)
+    except UnsupportedError as exc:
+        row.update(status="unsupported", reason=str(exc))
+    except Exception as exc:  # a crashing attack is recorded, not fatal to a sweep
+        log.exception("Attack %s failed", row["attack"])
+        row.update(status="failed", reason=short_error(exc, 500))
+    else:
+        row.update(status="ok", reason="", time_s=seconds, attack_info=json.dumps(result.info, sort_keys=True))
+        row.update(_score(cfg, trial, result, lpips))
+        if out_dir is not None and cfg.get("save_images", True):
+            _save_images(Path(out_dir), trial.images, result.reconstruction)
+    if out_dir is not None:
+        write_row(row, Path(out_dir) / "row.csv")
+    return row
+
+
+def _score(cfg: Mapping[str, Any], trial: Trial, result: AttackResult, lpips: LpipsScorer | None) -> dict[str, Any]:
+    metrics_cfg = cfg.get("metrics", {})
+    if lpips is None and metrics_cfg.get("lpips", True):
+        lpips = LpipsScorer(net=metrics_cfg.get("lpips_net", "alex"),
+                            require=bool(metrics_cfg.get("require_lpips", False)))
+    target = trial.images.mean(0, keepdim=True) if result.combined else trial.images
+    scores = image_metrics(result.reconstruction.detach().cpu(), target, lpips)
+    notes = "; ".join(f"{name}: {reason}" for name, reason in sorted(scores.reasons.items()))
+    return {**scores.values, "metric_notes": notes,
+            "scored_against": "batch_mean" if result.combined else "images"}
+
+
+def _save_images(out_dir: Path, images: torch.Tensor, reconstruction: torch.Tensor) -> None:
+    reconstruction = reconstruction.detach().cpu().float()
+    save_image_grid(images, out_dir / "origin.png")
+    save_image_grid(reconstruction, out_dir / "reconstructed.png")
+    save_image_grid(rescale_minmax(reconstruction), out_dir / "rescaled.png")
+
+
+def format_summary(row: Mapping[str, Any]) -> str:
+    """One line: what ran, its status and the headline numbers."""
+    head = f"{row['attack']} | {row['model']} | {row['dataset']}[{row.get('indices', '')}] | {row['status']}"
+    if row["status"] != "ok":
+        return f"{head}: {row['reason']}"
+
+    def fmt(key: str, spec: str) -> str:
+        value = row.get(key)
+        return "n/a" if value is None else format(value, spec)
+
+    return (f"{head} | MSE {fmt('mse', '.3e')} | PSNR {fmt('psnr', '.2f')} dB | SSIM {fmt('ssim', '.4f')} | "
+            f"LPIPS {fmt('lpips', '.4f')} | {row['time_s']:.2f} s ({row['precision']} gradient)")
