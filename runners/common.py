@@ -23,7 +23,8 @@ def exit_on_user_error(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserInputError as exc:
-            print(textwrap.fill(f"error: {exc}", width=100), file=sys.stderr)
+            print(textwrap.fill(f"error: {exc}", width=100, break_long_words=False, break_on_hyphens=False),
+                  file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,76 @@
+"""Time R-GAP on CNN6 (or another model) over images of the offline sample set.
+
+    python -m scripts.bench_rgap [--model cnn6] [--images 8] [--precision float64 float32] [--threads 2]
+
+Prints, per gradient precision, seconds per image (attack only), PSNR (median / min / max), and the
+process's peak resident memory. Targets from issue 2 on 2 CPU cores: < 2 s per image, < 2 GB peak,
+PSNR >= 60 dB with float64 gradients on CNN6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+
+import torch
+
+from rgap import models
+from rgap.data import load_sample, load_sample_gray
+from rgap.metrics import image_metrics
+from rgap.recursive import RGAP
+from rgap.trial import compute_shared_gradient, timed_attack
+
+DATASETS = {"sample": load_sample, "sample_gray": load_sample_gray}
+MODELS = {"cnn6": models.cnn6, "cnn6d": models.cnn6d, "fcn3": models.fcn3, "lenet": models.lenet}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(model_name: str, dataset_name: str, n_images: int, precision: str, label: str, seed: int) -> dict:
+    """Attack ``n_images`` images one by one; return per-image seconds and PSNRs."""
+    dataset = DATASETS[dataset_name]()
+    model = MODELS[model_name](dataset.shape, seed=seed)
+    attack = RGAP()
+    seconds, psnrs = [], []
+    for index in range(n_images):
+        images, labels = dataset.get([index])
+        shared = compute_shared_gradient(model, images, labels, precision=precision, label_mode=label)
+        result, elapsed = timed_attack(attack, shared)
+        psnr = image_metrics(result.reconstruction, images).values["psnr"]
+        seconds.append(elapsed)
+        psnrs.append(psnr)
+        print(f"  {precision} image {index:2d}: {elapsed:6.2f} s  PSNR {psnr:7.2f} dB  "
+              f"root {result.info['rgap_root_rule']}", flush=True)
+    return {"seconds": seconds, "psnr": psnrs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cnn6", choices=sorted(MODELS))
+    parser.add_argument("--dataset", default="sample", choices=sorted(DATASETS))
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--precision", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    parser.add_argument("--label", default="reversed", choices=["true", "reversed"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the CI box)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"R-GAP on {args.model} / {args.dataset}, {args.images} images, label={args.label}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {p: bench(args.model, args.dataset, args.images, p, args.label, args.seed) for p in args.precision}
+    print(f"\n{'gradient':>9} | {'s/image (median)':>16} | {'s/image (max)':>13} | {'PSNR median':>11} | "
+          f"{'PSNR min':>8} | {'PSNR max':>8}")
+    for precision, res in results.items():
+        print(f"{precision:>9} | {statistics.median(res['seconds']):16.2f} | {max(res['seconds']):13.2f} | "
+              f"{statistics.median(res['psnr']):11.2f} | {min(res['psnr']):8.2f} | {max(res['psnr']):8.2f}")
+    print(f"peak resident memory of the process: {peak_rss_mb():.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
