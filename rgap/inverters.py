@@ -69,18 +69,25 @@ class LayerInverter(ABC):
         """A^T A as an N x N matrix."""
 
     def normal_equations(
-        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """G = K^T K + A^T A and rhs = K^T g + A^T z (weight constraints dropped when ``z`` is None)."""
-        gram, rhs = self.gradient_normal(k, grad_w)
-        if z is not None:
-            gram = gram + self.weight_gram(k)
-            rhs = rhs + self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
-        return gram, rhs
+        """G = K^T K + A^T A and rhs = K^T g + A^T z (weight constraints dropped when ``z`` is None).
 
-    def solve(self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None) -> Solution:
+        ``balance`` weights each block so that its Gram matrix has mean eigenvalue 1 (see ``block_weight``).
+        """
+        gram, rhs = self.gradient_normal(k, grad_w)
+        if z is None:
+            return gram, rhs
+        weight_gram = self.weight_gram(k)
+        wk, wa = (block_weight(gram), block_weight(weight_gram)) if balance else (1.0, 1.0)
+        rhs = wk * rhs + wa * self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
+        return wk * gram + wa * weight_gram, rhs
+
+    def solve(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
+    ) -> Solution:
         """Least-squares input from the stacked gradient and weight constraints."""
-        gram, rhs = self.normal_equations(k, grad_w, z)
+        gram, rhs = self.normal_equations(k, grad_w, z, balance)
         return solve_gram(gram, rhs)
 
     @abstractmethod
@@ -104,6 +111,17 @@ class LayerInverter(ABC):
             rows.append(self.weight_matrix(k))
             values.append(z.reshape(-1))
         return torch.cat(rows), torch.cat(values)
+
+
+def block_weight(gram: torch.Tensor) -> float:
+    """``N / trace(gram)``: the weight that gives a constraint block's Gram matrix mean eigenvalue 1.
+
+    Gradient and weight constraints have very different scales (k is small). In exact arithmetic the
+    stacked solution does not depend on the weights, but with a float32 gradient, weighting both blocks
+    equally keeps the gradient constraints from being drowned by the (propagated) weight-constraint error.
+    """
+    trace = float(torch.diagonal(gram).sum())
+    return gram.shape[0] / trace if trace > 0 else 1.0
 
 
 INVERTER_REGISTRY: dict[type[nn.Module], type[LayerInverter]] = {}
@@ -158,17 +176,22 @@ class LinearInverter(LayerInverter):
         w = self.weight(like)
         return w.T @ w
 
-    def solve(self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None) -> Solution:
+    def solve(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
+    ) -> Solution:
         """Woodbury identity when the layer is wide: (aI + W^T W)^-1 needs only an n_out x n_out solve."""
         k = k.reshape(-1)
         alpha = k @ k
         w = self.weight(k)
         if z is None or float(alpha) == 0.0 or w.shape[0] >= self.n:
-            return super().solve(k, grad_w, z)
-        rhs = grad_w.reshape(k.numel(), self.n).T @ k + w.T @ z.reshape(-1)
-        small = w @ w.T + alpha * torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+            return super().solve(k, grad_w, z, balance)
+        # Blocks weighted as in ``block_weight``: trace(K^T K) = n |k|^2 and trace(A^T A) = |W|_F^2.
+        wk, wa = (1.0 / alpha, self.n / (w * w).sum()) if balance else (1.0, 1.0)
+        a, w = wk * alpha, w * wa**0.5
+        rhs = wk * (grad_w.reshape(k.numel(), self.n).T @ k) + wa**0.5 * (w.T @ z.reshape(-1))
+        small = w @ w.T + a * torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         correction = w.T @ torch.linalg.solve(small, w @ rhs)
-        return Solution((rhs - correction) / alpha, self.n, self.n, "woodbury")
+        return Solution((rhs - correction) / a, self.n, self.n, "woodbury")
 
 
 @register_inverter(nn.Conv2d)
@@ -262,7 +285,7 @@ class Conv2dInverter(LayerInverter):
         return gram.reshape(pixels, pixels, channels, channels).permute(2, 0, 3, 1).reshape(self.n, self.n)
 
     def normal_equations(
-        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As the base class, adding the channel-block-diagonal K^T K in place (no block_diag copy)."""
         if z is None:
@@ -270,6 +293,11 @@ class Conv2dInverter(LayerInverter):
         block, rhs = self._gradient_block(k, grad_w)
         gram = self.weight_gram(k)
         channels, pixels = self.input_shape[0], block.shape[0]
-        gram.view(channels, pixels, channels, pixels).diagonal(dim1=0, dim2=2).add_(block.unsqueeze(-1))
-        rhs = rhs + self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
+        wk, wa = 1.0, 1.0
+        if balance:
+            wk = block_weight(block)  # the full K^T K repeats this block on every channel: same mean eigenvalue
+            wa = block_weight(gram)
+            gram.mul_(wa)
+        gram.view(channels, pixels, channels, pixels).diagonal(dim1=0, dim2=2).add_(wk * block.unsqueeze(-1))
+        rhs = wk * rhs + wa * self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
         return gram, rhs

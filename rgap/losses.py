@@ -20,7 +20,7 @@ def logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Equals ``binary_cross_entropy_with_logits`` for labels in {0, 1}; also accepts soft labels in [0, 1].
     """
-    y = signed_labels(labels).to(logits.dtype).reshape(-1)
+    y = signed_labels(labels).to(device=logits.device, dtype=logits.dtype).reshape(-1)
     return F.softplus(-y * logits.reshape(-1)).mean()
 
 

@@ -20,13 +20,17 @@ determined. The two can disagree (e.g. CNN6-d conv2: count -312, yet rank-defici
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
+from rgap.config import instantiate_group
+from rgap.data import build_dataset
 from rgap.inverters import make_inverter
 from rgap.losses import logistic_loss
 from rgap.network import Stage, parse_stages
@@ -81,9 +85,10 @@ def operating_point(
     x = torch.rand(1, *input_shape, generator=generator, dtype=torch.float64).to(param.device)
     outputs: dict[int, torch.Tensor] = {}
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         output.retain_grad()
         outputs[id(module)] = output
+        return output.clone()  # an in-place activation then cannot overwrite z or redirect its gradient
 
     handles = [stage.layer.register_forward_hook(hook) for stage in stages]
     try:
@@ -92,7 +97,9 @@ def operating_point(
                 p.requires_grad_(True)
                 p.grad = None
             logit = model(x).reshape(-1)
-            label = torch.tensor([0.0 if float(logit.detach()[0]) > 0 else 1.0], dtype=torch.float64)
+            label = torch.tensor(
+                [0.0 if float(logit.detach()[0]) > 0 else 1.0], dtype=torch.float64, device=logit.device
+            )
             logistic_loss(logit, label).backward()
     finally:
         for handle in handles:
@@ -167,3 +174,21 @@ def rank_table(rows: list[LayerRank]) -> pd.DataFrame:
     for column in ("rank", "deficiency"):
         frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def run_rank_analysis(cfg: Mapping[str, Any], out_path: str | Path | None = None) -> pd.DataFrame:
+    """The rank table for ``cfg`` (``conf/rank.yaml``): model built for the dataset's input shape, or for
+    ``cfg.input_shape`` when set (no dataset files needed); written as CSV to ``out_path`` when given."""
+    if cfg.get("input_shape"):
+        input_shape = tuple(int(v) for v in cfg["input_shape"])
+    else:
+        input_shape = build_dataset(cfg["dataset"]).shape
+    seed = int(cfg["seed"])
+    model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=input_shape, seed=seed)
+    rows = rank_analysis(model, input_shape, seed=seed, numerical=bool(cfg["numerical"]),
+                         max_unknowns=int(cfg["max_unknowns"]))
+    table = rank_table(rows)
+    if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out_path, index=False)
+    return table

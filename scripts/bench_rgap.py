@@ -31,11 +31,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(model_name: str, dataset_name: str, n_images: int, precision: str, label: str, seed: int) -> dict:
+def bench(model_name: str, dataset_name: str, n_images: int, precision: str, label: str, seed: int,
+          balance: bool = True) -> dict:
     """Attack ``n_images`` images one by one; return per-image seconds and PSNRs."""
     dataset = DATASETS[dataset_name]()
     model = MODELS[model_name](dataset.shape, seed=seed)
-    attack = RGAP()
+    attack = RGAP(balance=balance)
     seconds, psnrs = [], []
     for index in range(n_images):
         images, labels = dataset.get([index])
@@ -57,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
     parser.add_argument("--label", default="reversed", choices=["true", "reversed"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                        help="weight gradient and weight constraints equally (R-GAP's default)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the CI box)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"R-GAP on {args.model} / {args.dataset}, {args.images} images, label={args.label}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    results = {p: bench(args.model, args.dataset, args.images, p, args.label, args.seed) for p in args.precision}
+          f"balance={args.balance}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {p: bench(args.model, args.dataset, args.images, p, args.label, args.seed, args.balance)
+               for p in args.precision}
     print(f"\n{'gradient':>9} | {'s/image (median)':>16} | {'s/image (max)':>13} | {'PSNR median':>11} | "
           f"{'PSNR min':>8} | {'PSNR max':>8}")
     for precision, res in results.items():

@@ -48,3 +48,13 @@ def test_missing_mnist_says_where_and_how(tmp_path):
     assert proc.returncode == 2
     assert str(tmp_path / "MNIST" / "raw") in proc.stderr and "dataset.download=true" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_rank_cli_prints_table_and_writes_csv(tmp_path):
+    proc = run("runners.rank", "model=lenet", "dataset=sample_gray", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "index_v" in proc.stdout and "full column rank" in proc.stdout
+    with open(tmp_path / "rank.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["layer"] for r in rows] == ["conv1", "conv2", "conv3", "fc1"]
+    assert all(r["deficiency"] == "0" for r in rows)

@@ -382,7 +382,7 @@ def test_make_inverter_rejects_unknown_layers(layer: nn.Module) -> None:
         make_inverter(layer, (3, 4, 4), (3, 4, 4))
 
 
-def test_conv_inverter_rejects_unbatched_shape_mismatch() -> None:
+def test_conv_inverter_requires_chw_input() -> None:
     layer = nn.Conv2d(1, 2, 3, bias=False).to(DTYPE)
     with pytest.raises(UnsupportedLayerError, match="Conv2d input must be"):
         make_inverter(layer, (16,), (2, 2, 2))

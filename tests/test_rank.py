@@ -199,12 +199,20 @@ def test_rank_table_columns_and_order() -> None:
     shape = (2, 7, 7)
     rows = rank_analysis(conv_net(shape, [(4, 3, 2, 1), (3, 2, 1, 0)], hidden=[5], seed=1), shape)
     table = rank_table(rows)
-    assert list(table.columns) == [
-        "layer", "kind", "x", "w", "z", "v", "index", "index_v", "rank", "unknowns", "deficiency", "predicted",
-    ]
+    expected = ["layer", "kind", "x", "w", "z", "v", "index", "index_v", "rank", "unknowns", "deficiency", "predicted"]
+    assert list(table.columns) == expected
     assert list(table["layer"]) == ["conv1", "conv2", "fc1", "fc2"]
     assert table.loc[0, "x"] == 98 and table.loc[3, "z"] == 1
     assert (table["index"] == table["x"] - table["w"] - table["z"]).all()
     assert (table["index_v"] == table["index"] - table["v"]).all()
     none_table = rank_table(rank_analysis(conv_net(shape, [(4, 3, 2, 1)], seed=1), shape, numerical=False))
     assert none_table["rank"].isna().all()
+
+
+def test_inplace_activation_does_not_change_ranks() -> None:
+    """Hooks must record the pre-activation z and k = dl/dz even when the activation works in place."""
+    shape = (2, 7, 7)
+    model = conv_net(shape, [(4, 3, 2, 1), (3, 2, 1, 0)], hidden=[5], seed=1)
+    inplace = nn.Sequential(*[nn.LeakyReLU(0.2, inplace=True) if isinstance(m, nn.LeakyReLU) else m for m in model])
+    assert rank_analysis(inplace, shape) == rank_analysis(model, shape)
+    assert [r.rank for r in rank_analysis(inplace, shape)] == reference_ranks(model, shape)
