@@ -31,7 +31,44 @@ def logistic_dloss(f: torch.Tensor | float, y: torch.Tensor | float) -> torch.Te
     return -y * torch.sigmoid(-y * f)
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"logistic": logistic_loss}
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy of ``logits`` [B, C] with integer ``labels`` [B]."""
+    return F.cross_entropy(logits, labels.to(device=logits.device, dtype=torch.long))
+
+
+def soft_logistic_loss(logits: torch.Tensor, label_logits: torch.Tensor) -> torch.Tensor:
+    """Logistic loss against the soft label ``sigmoid(label_logits)`` (DLG's optimisable label, one logit)."""
+    target = torch.sigmoid(label_logits).reshape(-1)
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), target)
+
+
+def soft_cross_entropy_loss(logits: torch.Tensor, label_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the soft label ``softmax(label_logits)`` [B, C] (DLG's optimisable label)."""
+    return -(torch.softmax(label_logits, dim=-1) * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def hard_labels(loss: str, label_logits: torch.Tensor) -> torch.Tensor:
+    """The integer labels a soft-label parameter stands for (argmax, or sigmoid > 0.5 for one logit)."""
+    if loss == "logistic":
+        return (label_logits.reshape(-1) > 0).long()
+    return label_logits.argmax(dim=-1)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "logistic": logistic_loss,
+    "cross_entropy": cross_entropy_loss,
+}
+SOFT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "logistic": soft_logistic_loss,
+    "cross_entropy": soft_cross_entropy_loss,
+}
+
+
+def get_soft_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The soft-label version of the loss registered as ``name`` (labels given as logits)."""
+    if name not in SOFT_LOSSES:
+        raise UserInputError(f"Unknown loss {name!r}; valid choices: {', '.join(sorted(SOFT_LOSSES))}.")
+    return SOFT_LOSSES[name]
 
 
 def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rgap.activations import InvertibleActivation
-from rgap.attack import Attack, AttackResult, SharedGradient
+from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
 from rgap.errors import UnsupportedInputError, UnsupportedLayerError
 from rgap.inverters import LayerInverter, make_inverter
 from rgap.losses import get_loss, logistic_dloss, signed_labels
@@ -101,7 +101,7 @@ class RGAP(Attack):
         self.weight_constraints = weight_constraints
         self.balance = balance
 
-    def reconstruct(self, shared: SharedGradient) -> AttackResult:
+    def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
         if shared.labels is None:
             raise UnsupportedInputError("R-GAP needs the labels the gradient was computed with (label given).")
         if shared.loss != "logistic":
@@ -138,8 +138,8 @@ class RGAP(Attack):
             "rgap_grad_residual": best.residual,
             "rgap_layers": " ".join(best.layers),
         }
-        return AttackResult(reconstruction=reconstruction.to(torch.float64), labels=labels, combined=combined,
-                            info=info)
+        return AttackResult(reconstruction=reconstruction.to(torch.float64), labels=labels, labels_given=True,
+                            combined=combined, info=info)
 
     @staticmethod
     def _check_supported(stages: list[Stage], batch_size: int) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 ROW_COLUMNS: tuple[str, ...] = (
     "attack", "model", "dataset", "batch_size", "index", "indices", "seed", "label_mode", "precision", "loss",
     "device", "status", "reason",
-    "mse", "psnr", "ssim", "lpips", "metric_notes", "scored_against",
-    "time_s", "labels", "attack_info",
+    "mse", "psnr", "ssim", "lpips", "metric_notes", "scored_against", "matching",
+    "label_acc", "labels_given", "labels", "attack_labels",
+    "time_s", "iterations", "final_loss", "attack_info",
     "torch_version", "git_commit", "timestamp",
 )
 
@@ -28,17 +29,27 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write one row as a two-line CSV atomically (temporary file + rename); unknown keys are refused."""
-    unknown = set(row) - set(ROW_COLUMNS)
-    if unknown:
-        raise KeyError(f"Row has columns outside the schema: {sorted(unknown)}")
+TRACE_COLUMNS: tuple[str, ...] = ("iteration", "time_s", "grad_loss", "mse", "psnr")
+
+
+def write_csv(rows: list[Mapping[str, Any]] | list[tuple], columns: tuple[str, ...], path: str | os.PathLike) -> Path:
+    """Write ``rows`` (mappings or tuples in ``columns`` order) under a header, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(ROW_COLUMNS)
-        writer.writerow([_cell(row.get(column)) for column in ROW_COLUMNS])
+        writer.writerow(columns)
+        for row in rows:
+            values = [row.get(c) for c in columns] if isinstance(row, Mapping) else list(row)
+            writer.writerow([_cell(v) for v in values])
     os.replace(tmp, path)
     return path
+
+
+def write_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write one row as a two-line CSV atomically (temporary file + rename); unknown keys are refused."""
+    unknown = set(row) - set(ROW_COLUMNS)
+    if unknown:
+        raise KeyError(f"Row has columns outside the schema: {sorted(unknown)}")
+    return write_csv([row], ROW_COLUMNS, path)

@@ -14,7 +14,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgap.attack import Attack, AttackResult, SharedGradient
+from rgap.attack import Attack, AttackResult, SharedGradient, TracePoint, TraceRecorder
 from rgap.config import instantiate_group, short_error
 from rgap.data import ImageSet, build_dataset, select_indices
 from rgap.errors import UnsupportedError, UserInputError
 from rgap.images import rescale_minmax, save_image_grid
 from rgap.losses import get_loss
+from rgap.matching import label_accuracy, match_to_originals
 from rgap.metrics import LpipsScorer, image_metrics
-from rgap.schema import write_row
+from rgap.schema import TRACE_COLUMNS, write_csv, write_row
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ def compute_shared_gradient(
     x = images.to(device=device, dtype=dtype)
     logits = client(x)
     if label_mode == "reversed":
+        if loss != "logistic":
+            raise UserInputError(f"label=reversed flips a single logit's prediction and needs loss=logistic, "
+                                 f"not loss={loss}; use label=true.")
         labels = (logits.detach().reshape(-1) <= 0).long()
     labels = labels.to(device)
     value = get_loss(loss)(logits, labels)
@@ -118,7 +122,9 @@ def setup_trial(cfg: Mapping[str, Any]) -> Trial:
         )
     indices = select_indices(len(dataset), int(cfg["index"]), int(cfg["batch_size"]), int(cfg["seed"]))
     images, labels = dataset.get(indices)
-    model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=dataset.shape, seed=int(cfg["seed"]))
+    outputs = 1 if cfg["loss"] == "logistic" else dataset.num_classes
+    model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=dataset.shape, seed=int(cfg["seed"]),
+                              num_outputs=outputs)
     shared = compute_shared_gradient(
         model, images, labels, loss=str(cfg["loss"]), precision=str(cfg["precision"]),
         label_mode=label_mode(cfg["label"]), device=device,
@@ -126,16 +132,21 @@ def setup_trial(cfg: Mapping[str, Any]) -> Trial:
     return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared)
 
 
-def timed_attack(attack: Attack, shared: SharedGradient) -> tuple[AttackResult, float]:
-    """Run the attack alone under a wall clock (CUDA synchronised on both ends)."""
+def timed_attack(attack: Attack, shared: SharedGradient,
+                 trace: TraceRecorder | None = None) -> tuple[AttackResult, float]:
+    """Run the attack alone under a wall clock (CUDA synchronised on both ends).
+
+    Time the trace recorder spends scoring intermediate reconstructions is subtracted.
+    """
     sync = shared.gradients[0].is_cuda
     if sync:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = attack.reconstruct(shared)
+    result = attack.reconstruct(shared, trace)
     if sync:
         torch.cuda.synchronize()
-    return result, time.perf_counter() - start
+    paused = trace.paused_s if trace is not None else 0.0
+    return result, time.perf_counter() - start - paused
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,39 +184,91 @@ def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
     row = _base_row(cfg)
     trial = setup_trial(cfg)
     row["indices"] = " ".join(str(i) for i in trial.indices)
-    row["labels"] = " ".join(str(int(v)) for v in trial.labels)
+    row["labels"] = " ".join(str(int(v)) for v in trial.shared.labels.cpu())  # what the client trained on
     attack = instantiate_group(cfg["attack"], "attack", Attack)
+    trace = TraceRecorder(every=int(cfg.get("trace_every", 10)), score=_trace_scorer(trial.images))
     try:
-        result, seconds = timed_attack(attack, trial.shared)
+        result, seconds = timed_attack(attack, trial.shared, trace)
     except UnsupportedError as exc:
         row.update(status="unsupported", reason=str(exc))
     except Exception as exc:  # a crashing attack is recorded, not fatal to a sweep
         log.exception("Attack %s failed", row["attack"])
         row.update(status="failed", reason=short_error(exc, 500))
     else:
-        row.update(status="ok", reason="", time_s=seconds, attack_info=json.dumps(result.info, sort_keys=True))
-        row.update(_score(cfg, trial, result, lpips))
-        if out_dir is not None and cfg.get("save_images", True):
-            _save_images(Path(out_dir), trial.images, result.reconstruction)
+        row.update(status="ok", reason="", time_s=seconds, iterations=result.iterations,
+                   final_loss=result.final_loss, attack_info=json.dumps(result.info, sort_keys=True))
+        reconstruction = _matched(result, trial.images)
+        row.update(_score(cfg, trial, result, reconstruction, lpips))
+        row.update(_labels(result, trial.shared.labels.cpu()))
+        _finish_trace(trace, row)
+        if out_dir is not None:
+            write_csv([astuple(p) for p in trace.points], TRACE_COLUMNS, Path(out_dir) / "trace.csv")
+            if cfg.get("save_images", True):
+                _save_images(Path(out_dir), trial.images, reconstruction)
     if out_dir is not None:
         write_row(row, Path(out_dir) / "row.csv")
     return row
 
 
-def _score(cfg: Mapping[str, Any], trial: Trial, result: AttackResult, lpips: LpipsScorer | None) -> dict[str, Any]:
+def _trace_scorer(images: torch.Tensor):
+    """(mse, psnr) of an intermediate reconstruction, matched to the images as the final row is."""
+
+    def score(reconstruction: torch.Tensor) -> tuple[float | None, float | None]:
+        if reconstruction.shape != images.shape:
+            return None, None
+        order = match_to_originals(reconstruction, images)
+        values = image_metrics(reconstruction.cpu(), images[order]).values
+        return values["mse"], values["psnr"]
+
+    return score
+
+
+def _matched(result: AttackResult, images: torch.Tensor) -> torch.Tensor:
+    """The reconstruction reordered so that image i pairs with ``images[i]`` (Hungarian on MSE)."""
+    reconstruction = result.reconstruction.detach().cpu()
+    if result.combined or reconstruction.shape[0] == 1:
+        return reconstruction
+    order = match_to_originals(reconstruction, images)
+    result.info["matching"] = order
+    inverse = [0] * len(order)
+    for i, j in enumerate(order):
+        inverse[j] = i
+    return reconstruction[inverse]
+
+
+def _labels(result: AttackResult, true: torch.Tensor) -> dict[str, Any]:
+    if result.labels is None:
+        return {"labels_given": False, "label_acc": None}
+    labels = result.labels.detach().cpu().reshape(-1)
+    return {"labels_given": result.labels_given, "attack_labels": " ".join(str(int(v)) for v in labels),
+            "label_acc": label_accuracy(labels, true)}
+
+
+def _finish_trace(trace: TraceRecorder, row: dict[str, Any]) -> None:
+    """Make the last trace point the row itself (closed-form attacks get their one point here)."""
+    final = TracePoint(row["iterations"] or 0, row["time_s"], row["final_loss"], row["mse"], row["psnr"])
+    if trace.points and trace.points[-1].iteration == final.iteration:
+        trace.points[-1] = final
+    else:
+        trace.points.append(final)
+
+
+def _score(cfg: Mapping[str, Any], trial: Trial, result: AttackResult, reconstruction: torch.Tensor,
+           lpips: LpipsScorer | None) -> dict[str, Any]:
     metrics_cfg = cfg.get("metrics", {})
     if lpips is None and metrics_cfg.get("lpips", True):
         lpips = LpipsScorer(net=metrics_cfg.get("lpips_net", "alex"),
                             require=bool(metrics_cfg.get("require_lpips", False)))
     target = trial.images.mean(0, keepdim=True) if result.combined else trial.images
-    scores = image_metrics(result.reconstruction.detach().cpu(), target, lpips)
+    scores = image_metrics(reconstruction, target, lpips)
     notes = "; ".join(f"{name}: {reason}" for name, reason in sorted(scores.reasons.items()))
-    return {**scores.values, "metric_notes": notes,
+    matching = result.info.get("matching")
+    return {**scores.values, "metric_notes": notes, "matching": " ".join(map(str, matching)) if matching else "",
             "scored_against": "batch_mean" if result.combined else "images"}
 
 
 def _save_images(out_dir: Path, images: torch.Tensor, reconstruction: torch.Tensor) -> None:
-    reconstruction = reconstruction.detach().cpu().float()
+    reconstruction = reconstruction.float()
     save_image_grid(images, out_dir / "origin.png")
     save_image_grid(reconstruction, out_dir / "reconstructed.png")
     save_image_grid(rescale_minmax(reconstruction), out_dir / "rescaled.png")

@@ -36,6 +36,15 @@ def test_default_trial_is_exact_and_writes_outputs(trial_cfg, tmp_path):
     assert json.loads(written["attack_info"])["rgap_root_rule"] == "unique"
     for name in ("origin.png", "reconstructed.png", "rescaled.png"):
         assert (tmp_path / name).stat().st_size > 0
+    # R-GAP is given the labels the client trained on: they count as given, and as recovered.
+    assert written["labels_given"] == "True" and float(written["label_acc"]) == 1.0
+    assert written["labels"] == written["attack_labels"]
+    # Closed form: a one-point trace that equals the row.
+    with open(tmp_path / "trace.csv", newline="") as handle:
+        trace = list(csv.DictReader(handle))
+    assert len(trace) == 1
+    assert float(trace[0]["time_s"]) == pytest.approx(row["time_s"])
+    assert float(trace[0]["psnr"]) == pytest.approx(row["psnr"])
 
 
 def test_trial_is_deterministic(trial_cfg):
@@ -85,7 +94,7 @@ def test_unsupported_layer_is_an_unsupported_row(trial_cfg, tmp_path):
 
 
 def test_crashing_attack_is_a_failed_row(trial_cfg, tmp_path, monkeypatch):
-    def boom(self, shared):
+    def boom(self, shared, trace=None):
         raise RuntimeError("solver exploded")
 
     monkeypatch.setattr(RGAP, "reconstruct", boom)
