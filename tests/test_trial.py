@@ -133,3 +133,38 @@ def test_bad_input_is_a_user_error(trial_cfg, tmp_path, overrides, message):
     with pytest.raises(UserInputError, match=message):
         run_trial(trial_cfg(*overrides), tmp_path)
     assert not (tmp_path / "row.csv").exists()
+
+
+@pytest.mark.parametrize("attack", ["dlg", "idlg", "ig", "hgap"])
+def test_optimisation_attack_rows_and_traces(trial_cfg, tmp_path, attack):
+    """Same trial path for every attack: the trace is monotone and its last point is the row."""
+    cfg = trial_cfg(f"attack={attack}", "model=lenet", "dataset=sample_gray", "attack.iterations=4", "trace_every=1",
+                    "label=true")
+    row = run_trial(cfg, tmp_path)
+    assert row["status"] == "ok", row["reason"]
+    assert row["iterations"] == 4
+    with open(tmp_path / "trace.csv", newline="") as handle:
+        trace = list(csv.DictReader(handle))
+    times = [float(p["time_s"]) for p in trace]
+    iterations = [int(p["iteration"]) for p in trace]
+    assert times == sorted(times) and iterations == sorted(iterations)
+    last = trace[-1]
+    assert int(last["iteration"]) == row["iterations"]
+    assert float(last["time_s"]) == pytest.approx(row["time_s"])
+    assert float(last["grad_loss"]) == pytest.approx(row["final_loss"])
+    assert float(last["mse"]) == pytest.approx(row["mse"]) and float(last["psnr"]) == pytest.approx(row["psnr"])
+    assert row["time_s"] >= times[0]
+    assert row["labels_given"] == (attack in ("ig", "hgap"))
+    assert 0.0 <= row["label_acc"] <= 1.0
+
+
+def test_idlg_multiclass_label_through_the_trial(trial_cfg):
+    cfg = trial_cfg("attack=idlg", "model=lenet", "model.init=uniform", "model.init_std=0.5", "loss=cross_entropy",
+                    "label=true", "dataset.num_classes=8", "attack.iterations=1", "index=9")
+    row = run_trial(cfg)
+    assert row["status"] == "ok" and row["label_acc"] == 1.0 and row["labels_given"] is False
+
+
+def test_reversed_label_needs_logistic(trial_cfg):
+    with pytest.raises(UserInputError, match="label=true"):
+        run_trial(trial_cfg("loss=cross_entropy", "dataset.num_classes=8"))
