@@ -132,13 +132,18 @@ class DLG(GradientMatching, Attack):
         self.init = init
         self.seed = int(seed)
 
-    def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
-        trace = _local_trace(trace)
+    def _setup(self, shared: SharedGradient):
+        """The attacker's model copy, the target gradients, the seeded generator and the dummy input."""
         model, targets = prepare(shared, self.dtype)
-        device = targets[0].device
         generator = torch.Generator().manual_seed(self.seed)
         shape = (shared.batch_size, *shared.input_shape)
-        dummy = init_dummy(shape, self.init, generator, self.dtype, device).requires_grad_(True)
+        dummy = init_dummy(shape, self.init, generator, self.dtype, targets[0].device).requires_grad_(True)
+        return model, targets, generator, dummy
+
+    def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
+        trace = _local_trace(trace)
+        model, targets, generator, dummy = self._setup(shared)
+        device = targets[0].device
         with torch.no_grad():
             logits_shape = model(dummy).shape
         label_shape = (shared.batch_size,) if shared.loss == "logistic" else tuple(logits_shape)
@@ -239,7 +244,7 @@ def infer_labels(shared: SharedGradient) -> tuple[torch.Tensor, dict[str, Any]]:
     return labels.to(device=shared.gradients[0].device, dtype=torch.long), info
 
 
-class IDLG(GradientMatching, Attack):
+class IDLG(DLG):
     """iDLG: the label from the last layer's weight gradient (``infer_labels``), then DLG on the input alone.
 
     Label inference is part of the timed attack. ``labels_given`` is False: the labels are recovered.
@@ -247,19 +252,9 @@ class IDLG(GradientMatching, Attack):
 
     name = "idlg"
 
-    def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
-                 init: str = "randn", tolerance: float = 0.0, dtype: str = "float32", seed: int = 0) -> None:
-        super().__init__(iterations, lr, history_size, max_iter, tolerance, dtype)
-        self.init = init
-        self.seed = int(seed)
-
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
         trace = _local_trace(trace)
-        model, targets = prepare(shared, self.dtype)
-        device = targets[0].device
-        generator = torch.Generator().manual_seed(self.seed)
-        shape = (shared.batch_size, *shared.input_shape)
-        dummy = init_dummy(shape, self.init, generator, self.dtype, device).requires_grad_(True)
+        model, targets, _, dummy = self._setup(shared)
         trace.start()  # the label read-out is part of iDLG's timed work
         labels, label_info = infer_labels(shared)
         objective = _objective(model, dummy, labels, targets, get_loss(shared.loss))

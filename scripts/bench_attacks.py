@@ -40,6 +40,15 @@ def load_group(group: str, name: str, overrides: list[str]):
     return cfg
 
 
+def parse_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``["dlg.iterations=50", "model.init=uniform"]`` -> ``{"dlg": ["iterations=50"], "model": ["init=uniform"]}``."""
+    overrides: dict[str, list[str]] = {}
+    for item in items:
+        group, rest = item.split(".", 1)
+        overrides.setdefault(group, []).append(rest)
+    return overrides
+
+
 def _parse(value: str):
     return OmegaConf.create(f"v: {value}").v
 
@@ -87,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides: dict[str, list[str]] = {}
-    for item in args.set:
-        group, rest = item.split(".", 1)
-        overrides.setdefault(group, []).append(rest)
+    overrides = parse_overrides(args.set)
     print(f"{args.images} images per model, label={args.label}, overrides {args.set or 'none'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for model_name in args.models:

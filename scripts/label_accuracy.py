@@ -21,7 +21,7 @@ from rgap.data import build_dataset
 from rgap.matching import label_accuracy
 from rgap.models import lenet
 from rgap.trial import compute_shared_gradient
-from scripts.bench_attacks import load_group
+from scripts.bench_attacks import load_group, parse_overrides
 
 #: iDLG paper, Table 1 (README of PatrickZH/Improved-Deep-Leakage-from-Gradients): label accuracy in %.
 PAPER = {"MNIST": (89.9, 100.0), "CIFAR-100": (83.3, 100.0), "LFW": (79.1, 100.0)}
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides: dict[str, list[str]] = {}
-    for item in args.set:
-        group, rest = item.split(".", 1)
-        overrides.setdefault(group, []).append(rest)
+    overrides = parse_overrides(args.set)
     rows = {name: accuracy(name, args.images, overrides) for name in args.datasets}
     print("\n| data | images | classes | DLG label acc. | iDLG label acc. |\n|---|---|---|---|---|")
     for name, row in rows.items():
