@@ -15,7 +15,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "mse", "psnr", "ssim", "lpips", "metric_notes", "scored_against", "matching",
     "label_acc", "labels_given", "labels", "attack_labels",
     "time_s", "iterations", "final_loss", "attack_info",
-    "torch_version", "git_commit", "timestamp",
+    "config_hash", "torch_version", "git_commit", "timestamp",
 )
 
 STATUSES = ("ok", "unsupported", "failed")

@@ -175,13 +175,14 @@ def _base_row(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
-              lpips: LpipsScorer | None = None) -> dict[str, Any]:
+              lpips: LpipsScorer | None = None, config_hash: str | None = None) -> dict[str, Any]:
     """Run one trial and return its row; with ``out_dir``, also write ``row.csv`` and the PNGs there.
 
     ``UserInputError`` propagates (bad config: nothing is written). What the attack cannot do becomes
     ``status=unsupported``, an unexpected attack error ``status=failed``; both keep the reason.
     """
     row = _base_row(cfg)
+    row["config_hash"] = config_hash
     trial = setup_trial(cfg)
     row["indices"] = " ".join(str(i) for i in trial.indices)
     row["labels"] = " ".join(str(int(v)) for v in trial.shared.labels.cpu())  # what the client trained on
@@ -257,14 +258,20 @@ def _score(cfg: Mapping[str, Any], trial: Trial, result: AttackResult, reconstru
            lpips: LpipsScorer | None) -> dict[str, Any]:
     metrics_cfg = cfg.get("metrics", {})
     if lpips is None and metrics_cfg.get("lpips", True):
-        lpips = LpipsScorer(net=metrics_cfg.get("lpips_net", "alex"),
-                            require=bool(metrics_cfg.get("require_lpips", False)))
+        lpips = shared_lpips_scorer(str(metrics_cfg.get("lpips_net", "alex")),
+                                    bool(metrics_cfg.get("require_lpips", False)))
     target = trial.images.mean(0, keepdim=True) if result.combined else trial.images
     scores = image_metrics(reconstruction, target, lpips)
     notes = "; ".join(f"{name}: {reason}" for name, reason in sorted(scores.reasons.items()))
     matching = result.info.get("matching")
     return {**scores.values, "metric_notes": notes, "matching": " ".join(map(str, matching)) if matching else "",
             "scored_against": "batch_mean" if result.combined else "images"}
+
+
+@functools.lru_cache(maxsize=4)
+def shared_lpips_scorer(net: str, require: bool) -> LpipsScorer:
+    """One LPIPS network per process and setting (a sweep's jobs reuse it instead of reloading it)."""
+    return LpipsScorer(net=net, require=require)
 
 
 def _save_images(out_dir: Path, images: torch.Tensor, reconstruction: torch.Tensor) -> None:
