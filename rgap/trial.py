@@ -114,6 +114,8 @@ def compute_shared_gradient(
 def setup_trial(cfg: Mapping[str, Any]) -> Trial:
     """Dataset, images, seeded model and shared gradient for one trial config."""
     device = resolve_device(str(cfg["device"]))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
     dataset = build_dataset(cfg["dataset"])
     if cfg["loss"] == "logistic" and dataset.num_classes != 2:
         raise UserInputError(
