@@ -19,6 +19,7 @@ import torch
 from skimage.metrics import structural_similarity
 from torch import Tensor
 
+from rgap.config import short_error
 from rgap.errors import UserInputError
 
 METRIC_NAMES = ("mse", "psnr", "ssim", "lpips")
@@ -53,13 +54,6 @@ class MetricResult:
     values: dict[str, float | None]
     per_image: dict[str, list[float | None]]
     reasons: dict[str, str] = field(default_factory=dict)
-
-
-def _short_error(exc: BaseException, limit: int = 200) -> str:
-    """``Type: message`` on one line, cut to ``limit`` characters."""
-    text = " ".join(str(exc).split()) or repr(exc)
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class LpipsScorer:
@@ -136,7 +130,7 @@ class LpipsScorer:
                 warnings.simplefilter("ignore", UserWarning)
                 model = lpips.LPIPS(net=self.net, pnet_rand=not self.pretrained_backbone, verbose=False)
         except Exception as exc:  # offline, missing cache, corrupt file, ...: all handled alike
-            short = _short_error(exc)
+            short = short_error(exc)
             self.reason = f"LPIPS backbone '{self.net}' could not be loaded offline: {short}"
             message = self._explanation(short)
             if self.require:

@@ -12,6 +12,7 @@ no ``row.csv`` (only temporary files, which readers ignore) and is re-run on res
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import time
@@ -58,8 +59,6 @@ def run_sweep_job(cfg: Mapping[str, Any], sweep_dir: str | Path, overwrite: bool
 def progress_line(sweep_dir: str | Path, total: int | None, started: float, ran_here: int, key: str,
                   row: dict | None) -> str:
     """``[sweep] 12/54 rows (ok 10, unsupported 1, failed 1) | this job: ... | ~3m left``."""
-    import csv
-
     counts = {"ok": 0, "unsupported": 0, "failed": 0}
     rows = completed_rows(sweep_dir)
     for path in rows:

@@ -233,10 +233,7 @@ def _matched(result: AttackResult, images: torch.Tensor) -> torch.Tensor:
         return reconstruction
     order = match_to_originals(reconstruction, images)
     result.info["matching"] = order
-    inverse = [0] * len(order)
-    for i, j in enumerate(order):
-        inverse[j] = i
-    return reconstruction[inverse]
+    return reconstruction[torch.argsort(torch.tensor(order))]  # position j holds the match of images[j]
 
 
 def _labels(result: AttackResult, true: torch.Tensor) -> dict[str, Any]:

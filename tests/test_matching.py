@@ -24,3 +24,13 @@ def test_label_accuracy_is_a_multiset_overlap():
     assert label_accuracy(torch.tensor([1, 0, 0]), torch.tensor([0, 1, 0])) == 1.0
     assert label_accuracy(torch.tensor([1, 1, 1]), torch.tensor([0, 1, 0])) == 1 / 3
     assert label_accuracy(torch.tensor([2]), torch.tensor([3])) == 0.0
+
+
+def test_trial_reorders_a_permuted_batch_onto_the_images():
+    from rgap.attack import AttackResult
+    from rgap.trial import _matched
+
+    images = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    result = AttackResult(reconstruction=images[[2, 0, 3, 1]].double())
+    assert torch.equal(_matched(result, images).float(), images)
+    assert result.info["matching"] == [2, 0, 3, 1]
