@@ -1,6 +1,7 @@
 """The attacked networks: CNN6, CNN6-d, FCN3 (R-GAP reference code, branch ``main``) and a Sigmoid LeNet
-(reference code, branch ``dev``). All are plain ``nn.Sequential`` stacks of bias-free weight layers and
-activations ending in one logit (trained with the logistic loss), built for any input shape and seeded.
+(reference code, branch ``dev``). All are plain ``nn.Sequential`` stacks of weight layers (bias-free as in
+the paper unless ``bias=True``) and activations, ending in one logit (logistic loss) or ``num_classes``
+logits (softmax cross-entropy), built for any input shape and seeded.
 
 Models are built through Hydra ``_target_`` (``conf/model/*.yaml``); each builder takes the dataset's
 ``input_shape`` and the trial ``seed``.
@@ -27,6 +28,8 @@ def _init_normal(model: nn.Module, std: float) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, mean=0.0, std=std)
 
 
 def _init_uniform(model: nn.Module, std: float) -> None:
@@ -34,6 +37,8 @@ def _init_uniform(model: nn.Module, std: float) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.uniform_(module.weight, -std, std)
+            if module.bias is not None:
+                nn.init.uniform_(module.bias, -std, std)
 
 
 INIT_SCHEMES: dict[str, Callable[[nn.Module, float], None]] = {
@@ -67,6 +72,14 @@ def _seeded_build(builder: Callable[[], nn.Module], seed: int, init: str, init_s
     return model.eval()
 
 
+def head_size(num_outputs: int, num_classes: int | None) -> int:
+    """Logits of the output layer: ``num_classes`` when the model config sets it, else ``num_outputs``."""
+    size = int(num_classes) if num_classes is not None else int(num_outputs)
+    if size < 1:
+        raise UserInputError(f"model.num_classes must be a positive integer or null, got {num_classes!r}.")
+    return size
+
+
 def conv_net(
     input_shape: Sequence[int],
     convs: Sequence[ConvSpec],
@@ -77,19 +90,23 @@ def conv_net(
     seed: int = 0,
     init: str = "default",
     init_std: float = 0.01,
+    bias: bool = False,
+    num_classes: int | None = None,
 ) -> nn.Sequential:
-    """Bias-free conv stack -> flatten -> fully connected layers -> ``num_outputs`` logits.
+    """Conv stack -> flatten -> fully connected layers -> ``num_outputs`` (or ``num_classes``) logits.
 
-    Every conv and hidden FC layer is followed by ``activation``; the output layer by none.
+    Every conv and hidden FC layer is followed by ``activation``; the output layer by none. Layers are
+    bias-free unless ``bias=True``.
     """
     channels, height, width = (int(v) for v in input_shape)
+    num_outputs = head_size(num_outputs, num_classes)
 
     def build() -> nn.Sequential:
         layers: list[nn.Module] = []
         in_ch = channels
         for out_ch, kernel, stride, padding in convs:
             layers += [
-                nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False),
+                nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias),
                 _activation(activation, slope),
             ]
             in_ch = out_ch
@@ -97,41 +114,45 @@ def conv_net(
         with torch.no_grad():
             features = nn.Sequential(*layers)(torch.zeros(1, channels, height, width)).shape[1]
         for width_out in hidden:
-            layers += [nn.Linear(features, width_out, bias=False), _activation(activation, slope)]
+            layers += [nn.Linear(features, width_out, bias=bias), _activation(activation, slope)]
             features = width_out
-        layers.append(nn.Linear(features, num_outputs, bias=False))
+        layers.append(nn.Linear(features, num_outputs, bias=bias))
         return nn.Sequential(*layers)
 
     return _seeded_build(build, seed, init, init_std)
 
 
 def cnn6(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
-         slope: float = 0.2, num_outputs: int = 1) -> nn.Sequential:
+         slope: float = 0.2, num_outputs: int = 1, bias: bool = False,
+         num_classes: int | None = None) -> nn.Sequential:
     """CNN6 of the R-GAP paper (Fig. 3): six bias-free convs with LeakyReLU(0.2) and one FC logit."""
     convs = [(12, 4, 2, 2), (36, 3, 2, 1), (36, 3, 1, 1), (36, 3, 1, 1), (64, 3, 2, 1), (128, 3, 1, 1)]
     return conv_net(input_shape, convs, slope=slope, num_outputs=num_outputs, seed=seed, init=init,
-                    init_std=init_std)
+                    init_std=init_std, bias=bias, num_classes=num_classes)
 
 
 def cnn6d(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
-          slope: float = 0.2, num_outputs: int = 1) -> nn.Sequential:
+          slope: float = 0.2, num_outputs: int = 1, bias: bool = False,
+          num_classes: int | None = None) -> nn.Sequential:
     """CNN6-d: CNN6 with conv2 narrowed to 20 channels, which makes conv2 rank-deficient for R-GAP."""
     convs = [(12, 4, 2, 2), (20, 3, 2, 1), (36, 3, 1, 1), (36, 3, 1, 1), (64, 3, 2, 1), (128, 3, 1, 1)]
     return conv_net(input_shape, convs, slope=slope, num_outputs=num_outputs, seed=seed, init=init,
-                    init_std=init_std)
+                    init_std=init_std, bias=bias, num_classes=num_classes)
 
 
 def lenet(input_shape: Sequence[int], seed: int = 0, init: str = "normal", init_std: float = 0.01,
-          num_outputs: int = 1) -> nn.Sequential:
+          num_outputs: int = 1, bias: bool = False, num_classes: int | None = None) -> nn.Sequential:
     """LeNet with Sigmoid activations (reference code, branch ``dev``; also DLG's and iDLG's victim)."""
     convs = [(12, 5, 2, 2), (12, 5, 2, 2), (12, 5, 1, 2)]
     return conv_net(input_shape, convs, activation="sigmoid", num_outputs=num_outputs, seed=seed, init=init,
-                    init_std=init_std)
+                    init_std=init_std, bias=bias, num_classes=num_classes)
 
 
 def fcn3(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
-         slope: float = 0.2, num_outputs: int = 1) -> nn.Sequential:
+         slope: float = 0.2, num_outputs: int = 1, bias: bool = False,
+         num_classes: int | None = None) -> nn.Sequential:
     """FCN3: |x| -> 1000 -> 100 -> 1, bias-free, LeakyReLU(0.2) after every layer including the last."""
+    num_outputs = head_size(num_outputs, num_classes)
     features = 1
     for v in input_shape:
         features *= int(v)
@@ -139,9 +160,9 @@ def fcn3(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_
     def build() -> nn.Sequential:
         return nn.Sequential(
             nn.Flatten(),
-            nn.Linear(features, 1000, bias=False), nn.LeakyReLU(slope),
-            nn.Linear(1000, 100, bias=False), nn.LeakyReLU(slope),
-            nn.Linear(100, num_outputs, bias=False), nn.LeakyReLU(slope),
+            nn.Linear(features, 1000, bias=bias), nn.LeakyReLU(slope),
+            nn.Linear(1000, 100, bias=bias), nn.LeakyReLU(slope),
+            nn.Linear(100, num_outputs, bias=bias), nn.LeakyReLU(slope),
         )
 
     return _seeded_build(build, seed, init, init_std)

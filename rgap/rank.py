@@ -31,8 +31,10 @@ from torch import nn
 
 from rgap.config import instantiate_group
 from rgap.data import build_dataset
+from rgap.errors import UnsupportedLayerError
 from rgap.inverters import make_inverter
-from rgap.losses import logistic_loss
+from rgap.losses import cross_entropy_loss, logistic_loss
+from rgap.models import collect_shapes
 from rgap.network import Stage, parse_stages
 from rgap.solvers import numerical_rank, singular_values_from_gram
 
@@ -52,7 +54,9 @@ class LayerRank:
     rank: int | None  # numerical rank of [K; A] (None: not computed)
     unknowns: int  # columns of [K; A] (= |x|)
     deficiency: int | None  # unknowns - rank (None: not computed)
-    predicted: str  # "deficient" if index_v > 0 else "determined"
+    predicted: str  # "deficient" if index_v > 0 else "determined" ("unsupported": R-GAP cannot run at all)
+    b: int = 0  # bias parameters: constraints on k, not on x (a fully connected layer's bias gradient is k)
+    note: str = ""  # why the layer cannot be inverted, or how its k is read
 
 
 def total_params(model: nn.Module) -> int:
@@ -78,7 +82,8 @@ def operating_point(
     """(k, grad_w, z) of every stage of ``model`` (already float64) at a seeded random input in [0, 1].
 
     ``k = dl/dz`` is the gradient of the logistic loss w.r.t. the layer's pre-activation output, taken by
-    autograd; the label is reversed as in the reference code (0 if the logit is positive, else 1).
+    autograd; the label is reversed as in the reference code (0 if the logit is positive, else 1), or the least
+    likely class for a multi-class head (softmax cross-entropy).
     """
     param = next(model.parameters())
     generator = torch.Generator().manual_seed(seed)
@@ -96,11 +101,15 @@ def operating_point(
             for p in model.parameters():
                 p.requires_grad_(True)
                 p.grad = None
-            logit = model(x).reshape(-1)
-            label = torch.tensor(
-                [0.0 if float(logit.detach()[0]) > 0 else 1.0], dtype=torch.float64, device=logit.device
-            )
-            logistic_loss(logit, label).backward()
+            logits = model(x)
+            if logits.shape[-1] == 1:  # one logit: the reversed logistic label
+                logit = logits.reshape(-1)
+                label = torch.tensor(
+                    [0.0 if float(logit.detach()[0]) > 0 else 1.0], dtype=torch.float64, device=logit.device
+                )
+                logistic_loss(logit, label).backward()
+            else:  # several logits: cross-entropy on the least likely class
+                cross_entropy_loss(logits, logits.detach().argmin(dim=1)).backward()
     finally:
         for handle in handles:
             handle.remove()
@@ -128,7 +137,10 @@ def rank_analysis(
     """
     input_shape = tuple(int(s) for s in input_shape)
     work = copy.deepcopy(model).to(torch.float64)
-    stages = parse_stages(work, input_shape)
+    try:
+        stages = parse_stages(work, input_shape)
+    except UnsupportedLayerError as exc:
+        return count_only(work, input_shape, str(exc))
     inverters = [make_inverter(s.layer, s.input_shape, s.output_shape) for s in stages]
     counts = [inv.counts() for inv in inverters]
     indices = [c.x - c.w - c.z for c in counts]
@@ -160,8 +172,33 @@ def rank_analysis(
                 unknowns=c.x,
                 deficiency=deficiency,
                 predicted="deficient" if index_v > 0 else "determined",
+                b=stage.layer.bias.numel() if stage.has_bias else 0,
+                note="k read from the bias gradient" if stage.has_bias and isinstance(stage.layer, nn.Linear) else "",
             )
         )
+    return rows
+
+
+def count_only(model: nn.Module, input_shape: Sequence[int], reason: str) -> list[LayerRank]:
+    """Constraint counts of every Conv2d/Linear layer of a network R-GAP cannot invert (no numerical rank).
+
+    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layer stops R-GAP, and why).
+    """
+    shapes = collect_shapes(model, input_shape)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    counts = {"conv": 0, "fc": 0}
+    rows, sizes = [], []
+    for layer in layers:
+        kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
+        counts[kind] += 1
+        in_shape, out_shape = shapes[layer]
+        x, z = int(torch.Size(in_shape).numel()), int(torch.Size(out_shape).numel())
+        sizes.append((f"{kind}{counts[kind]}", kind, x, layer.weight.numel(), z,
+                      layer.bias.numel() if layer.bias is not None else 0))
+    virtual = virtual_constraints([x - w - z for _, _, x, w, z, _ in sizes])
+    for (name, kind, x, w, z, b), v in zip(sizes, virtual, strict=True):
+        rows.append(LayerRank(layer=name, kind=kind, x=x, w=w, z=z, v=v, index=x - w - z, index_v=x - w - z - v,
+                              rank=None, unknowns=x, deficiency=None, predicted="unsupported", b=b, note=reason))
     return rows
 
 

@@ -1,17 +1,19 @@
 """R-GAP: the Recursive Gradient Attack on Privacy (Zhu & Blaschko, ICLR 2021), in closed form.
 
-1. Last layer: for a single-logit output ``f = act(z)``, ``z = w^T x`` trained with the logistic loss,
-   ``<w, dl/dw> = l'(f) act'(z) z`` is a known scalar. We solve it for ``z`` with a bracketing root finder
-   (the reference code runs 30,000 Adam steps) and get ``k = dl/dz`` and ``x = dl/dw / k``.
-2. Downward recursion: invert the activation below (weight-constraint right-hand side), push ``k``
-   through the layer above and its activation derivative, and solve the stacked least-squares system of
-   gradient and weight constraints of each layer (see ``rgap.inverters``).
+1. Output layer (``rgap.heads``): read ``k = dl/dz`` from the output layer's gradient: from its bias gradient
+   when it has a bias, else (one logit, logistic loss, the paper's setting) from the scalar equation
+   ``<w, dl/dw> = l'(act(z)) act'(z) z``, or (several logits, softmax cross-entropy) from the rank-one weight
+   gradient and one scalar equation. Labels are given to the attack or recovered on the way.
+2. Downward recursion: invert the activation below (weight-constraint right-hand side ``act^-1(a) - b``),
+   push ``k`` through the layer above and its activation derivative (or read it from a fully connected
+   layer's bias gradient, which equals ``k``), and solve the stacked least-squares system of gradient and
+   weight constraints of each layer (see ``rgap.inverters``).
 
-All solves run in float64 whatever precision the client used. Where the scalar equation has two roots
-(the logistic loss with a correctly classified sample), both reconstructions are computed and the one
-that reproduces the observed gradient better is kept; for bias-free LeakyReLU networks the two are exact
+All solves run in float64 whatever precision the client used. Where the head has several readings (two roots
+of the scalar equation, or two candidate labels), every reconstruction is computed and the one that
+reproduces the observed gradient better is kept; for bias-free LeakyReLU networks two of them can be exact
 "twins" that give the same gradient, and a box prior (fewer pixels outside [0, 1]) breaks the tie. The
-choice and its rule are recorded.
+choice, its rule, and whether the recovered label was ambiguous are recorded.
 """
 
 from __future__ import annotations
@@ -20,72 +22,38 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
 import torch
 from torch import nn
 
-from rgap.activations import InvertibleActivation
 from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
-from rgap.errors import UnsupportedInputError, UnsupportedLayerError
+from rgap.errors import UnsupportedInputError, UnsupportedLayerError, UserInputError
+from rgap.heads import TopStart, last_layer_roots, read_head
 from rgap.inverters import LayerInverter, make_inverter
-from rgap.losses import get_loss, logistic_dloss, signed_labels
+from rgap.losses import get_loss, signed_labels
 from rgap.network import Stage, parse_stages
+from rgap.solvers import Solution, SolveOptions
 
-#: Pre-activation grid on which the last-layer equation is bracketed before Brent's method refines roots.
-_ROOT_GRID = np.concatenate([-np.logspace(3, -8, 600), [0.0], np.logspace(-8, 3, 600)])
+__all__ = ["RGAP", "Candidate", "last_layer_roots"]
+
 #: Two candidate reconstructions whose gradient residuals are within this factor are indistinguishable.
 _TIE_FACTOR = 10.0
+LABEL_MODES = ("given", "infer")
+HEAD_LOSSES = ("logistic", "cross_entropy")
 
 
-@dataclass
+@dataclass(eq=False)
 class Candidate:
-    """The reconstruction that follows from one root of the last-layer equation."""
+    """The reconstruction that follows from one reading of the output layer."""
 
-    z_top: float
+    start: TopStart
     x: torch.Tensor
     layers: list[str]
     residual: float = float("nan")
     box_violation: float = float("nan")
 
 
-def last_layer_roots(c: float, activation: InvertibleActivation, y: float) -> tuple[list[float], bool]:
-    """All pre-activations ``z`` with ``l'(act(z)) act'(z) z = c`` for the logistic loss and signed label ``y``.
-
-    Returns ``(roots, exact)``; when no root exists (noisy gradients), the minimiser of the residual on the
-    grid is returned with ``exact=False``.
-    """
-
-    def h(z: np.ndarray | float) -> np.ndarray:
-        zt = torch.as_tensor(z, dtype=torch.float64)
-        value = logistic_dloss(activation.forward(zt), y) * activation.derivative(zt) * zt
-        return value.numpy() - c
-
-    grid = _refine_extrema(h, _ROOT_GRID)
-    values = h(grid)
-    roots: list[float] = [float(z) for z, v in zip(grid, values, strict=True) if v == 0.0]
-    for i in np.nonzero(np.sign(values[:-1]) * np.sign(values[1:]) < 0)[0]:
-        root = scipy.optimize.brentq(h, grid[i], grid[i + 1], xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
-        roots.append(float(root))
-    if roots:
-        return sorted(set(roots)), True
-    return [float(grid[int(np.argmin(np.abs(values)))])], False
-
-
-def _refine_extrema(h, grid: np.ndarray) -> np.ndarray:
-    """Add the exact local extrema of ``h`` to ``grid``, so that two roots in one grid cell are bracketed."""
-    values = h(grid)
-    slopes = np.diff(values)
-    extra = []
-    for i in np.nonzero(slopes[:-1] * slopes[1:] < 0)[0] + 1:
-        sign = 1.0 if slopes[i - 1] < 0 else -1.0  # minimum: minimise h; maximum: minimise -h
-        found = scipy.optimize.minimize_scalar(lambda z, s=sign: s * float(h(z)), bounds=(grid[i - 1], grid[i + 1]),
-                                               method="bounded", options={"xatol": 1e-14})
-        extra.append(float(found.x))
-    return np.unique(np.concatenate([grid, extra])) if extra else grid
-
-
 class RGAP(Attack):
-    """Closed-form recursive reconstruction for chains of bias-free Conv2d/Linear layers.
+    """Closed-form recursive reconstruction for chains of Conv2d/Linear layers (with or without biases).
 
     Args:
         weight_constraints: stack the weight constraints ``A x = z`` with the gradient constraints
@@ -93,115 +61,170 @@ class RGAP(Attack):
         balance: weight the two constraint blocks so that each has unit mean eigenvalue in the normal
             equations (``rgap.inverters.block_weight``). Identical results on exact gradients; far more
             robust on float32 gradients, where the unweighted system lets propagated errors dominate.
+        labels: ``given`` (the attacker knows the labels, as in the paper) or ``infer`` (recover them from
+            the gradient; ambiguity is reported).
+        dense_limit, cg_tol, cg_maxiter: how each layer is solved (``rgap.solvers.SolveOptions``).
     """
 
     name = "rgap"
 
-    def __init__(self, weight_constraints: bool = True, balance: bool = True) -> None:
+    def __init__(self, weight_constraints: bool = True, balance: bool = True, labels: str = "given",
+                 dense_limit: int = 4096, cg_tol: float = 1e-12, cg_maxiter: int = 20000) -> None:
+        if labels not in LABEL_MODES:
+            raise UserInputError(f"attack.labels={labels!r} is not valid; valid choices: {', '.join(LABEL_MODES)}.")
         self.weight_constraints = weight_constraints
         self.balance = balance
+        self.labels = labels
+        self.options = SolveOptions(dense_limit=dense_limit, cg_tol=cg_tol, cg_maxiter=cg_maxiter)
 
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
-        if shared.labels is None:
-            raise UnsupportedInputError("R-GAP needs the labels the gradient was computed with (label given).")
-        if shared.loss != "logistic":
-            raise UnsupportedInputError(f"R-GAP's closed-form last layer needs the logistic loss, got {shared.loss!r}.")
+        if self.labels == "given" and shared.labels is None:
+            raise UnsupportedInputError("R-GAP was asked to use the given labels, but none were given; "
+                                        "set attack.labels=infer.")
         model = copy.deepcopy(shared.model).to(torch.float64)
         stages = parse_stages(model, shared.input_shape)
-        self._check_supported(stages, shared.batch_size)
+        self._check_supported(stages, shared.batch_size, shared.loss)
         inverters = [make_inverter(s.layer, s.input_shape, s.output_shape) for s in stages]
         device = shared.gradients[0].device
-        grads = [shared.gradients[s.param_index].detach().to(device=device, dtype=torch.float64) for s in stages]
-        labels = shared.labels.detach().to(device=device)
-        y = float(signed_labels(labels).mean())
-        # The reference code's convention for a balanced batch (mean signed label 0) in the combined case.
-        y = y if y != 0.0 else 0.1
+        params = [shared.gradients[i].detach().to(device=device, dtype=torch.float64)
+                  for i in range(len(shared.gradients))]
+        grads = [params[s.param_index] for s in stages]
+        bias_grads = [params[s.bias_index] if s.has_bias else None for s in stages]
+        if not any(bool(g.any()) for g in params):
+            raise UnsupportedInputError("The shared gradient is all zeros: it carries no information to invert.")
+        given = shared.labels.detach().to(device) if self.labels == "given" else None
 
-        w_top = stages[-1].layer.weight.detach().to(device=device, dtype=torch.float64)
-        c = float((w_top * grads[-1]).sum())
-        roots, exact = last_layer_roots(c, stages[-1].activation, y)
-        candidates = [self._recurse(z, y, stages, inverters, grads) for z in roots]
+        starts = read_head(stages[-1], grads[-1], bias_grads[-1], shared.loss, given, shared.batch_size)
+        if not starts:
+            raise UnsupportedInputError("R-GAP could not read the output layer's gradient (all-zero gradient).")
+        candidates = [self._recurse(start, stages, inverters, grads, bias_grads) for start in starts]
         combined = shared.batch_size > 1
-        target = torch.full((1,), (y + 1) / 2, dtype=torch.float64, device=device) if combined else labels
         for cand in candidates:
-            cand.residual = _gradient_residual(model, cand.x.reshape(1, *shared.input_shape), target,
-                                               shared.loss, grads, [s.param_index for s in stages])
+            target = _residual_target(cand.start, given, combined, device)
+            cand.residual = _gradient_residual(model, cand.x.reshape(1, *shared.input_shape), target, shared.loss,
+                                               params)
             cand.box_violation = float((cand.x.clamp(max=0).abs() + (cand.x - 1).clamp(min=0)).mean())
         floor = float(np.sqrt(torch.finfo(shared.gradients[0].dtype).eps))
-        best, rule = _choose(candidates, exact, floor)
+        best, rule, tied = _choose(candidates, floor)
         reconstruction = best.x.reshape(1, *shared.input_shape)
         info = {
-            "rgap_roots": len(roots),
+            "rgap_head": best.start.rule,
+            "rgap_roots": len(candidates),
             "rgap_root_index": candidates.index(best),
             "rgap_root_rule": rule,
-            "rgap_z_top": best.z_top,
             "rgap_grad_residual": best.residual,
             "rgap_layers": " ".join(best.layers),
         }
-        return AttackResult(reconstruction=reconstruction.to(torch.float64), labels=labels, labels_given=True,
-                            combined=combined, info=info)
+        if best.start.z is not None and best.start.z.numel() == 1:
+            info["rgap_z_top"] = float(best.start.z)
+        labels = given
+        if given is None:
+            labels = best.start.labels
+            recovered = {tuple(c.start.labels.tolist()) for c in tied if c.start.labels is not None}
+            info["rgap_label_ambiguous"] = labels is None or len(recovered) > 1
+        return AttackResult(reconstruction=reconstruction.to(torch.float64), labels=labels,
+                            labels_given=given is not None, combined=combined, info=info)
 
     @staticmethod
-    def _check_supported(stages: list[Stage], batch_size: int) -> None:
+    def _check_supported(stages: list[Stage], batch_size: int, loss: str) -> None:
+        if loss not in HEAD_LOSSES:
+            raise UnsupportedInputError(f"R-GAP reads the output layer for the losses {', '.join(HEAD_LOSSES)}, "
+                                        f"not loss={loss!r}.")
         top = stages[-1].layer
-        if not isinstance(top, nn.Linear) or top.out_features != 1:
+        if not isinstance(top, nn.Linear):
+            raise UnsupportedLayerError(f"R-GAP's closed-form first step needs a Linear output layer, got {top!r}.")
+        if loss == "logistic" and top.out_features != 1:
             raise UnsupportedLayerError(
-                f"R-GAP's closed-form first step needs a single-logit Linear output layer, got {top!r}."
+                f"R-GAP's logistic head needs a single-logit output layer, but {top!r} has {top.out_features}."
             )
+        if loss == "cross_entropy" and top.out_features < 2:
+            raise UnsupportedLayerError(f"Softmax cross-entropy needs at least two logits, but {top!r} has one.")
         if batch_size > 1 and any(not isinstance(s.layer, nn.Linear) for s in stages):
             raise UnsupportedInputError(
                 f"R-GAP inverts convolutional networks one image at a time; batch_size={batch_size} is supported "
                 "only for fully connected networks (as one combined reconstruction)."
             )
 
-    def _recurse(self, z_top: float, y: float, stages: list[Stage], inverters: list[LayerInverter],
-                 grads: list[torch.Tensor]) -> Candidate:
+    def _recurse(self, start: TopStart, stages: list[Stage], inverters: list[LayerInverter],
+                 grads: list[torch.Tensor], bias_grads: list[torch.Tensor | None]) -> Candidate:
         top = stages[-1]
-        z = torch.tensor([z_top], dtype=torch.float64, device=grads[-1].device)
-        k = logistic_dloss(top.activation.forward(z).cpu(), y).to(z) * top.activation.derivative(z)
-        solution = inverters[-1].solve(k, grads[-1], z if self.weight_constraints else None, self.balance)
-        layers = [_describe(top, solution.rank, solution.n, solution.method)]
+        k = start.k
+        z_top = None
+        if start.z is not None and self.weight_constraints:
+            z_top = start.z - (top.layer.bias.detach().to(start.z) if top.has_bias else 0.0)
+        solution = inverters[-1].solve(k, grads[-1], z_top, self.balance, self.options)
+        layers = [_describe(top, solution)]
         x = solution.x
         for i in range(len(stages) - 2, -1, -1):
             stage = stages[i]
             a = x.reshape(stage.output_shape)
             z_i = stage.activation.inverse(a)
-            k = inverters[i + 1].input_vjp(k).reshape(stage.output_shape) * stage.activation.derivative(z_i)
-            solution = inverters[i].solve(k, grads[i], z_i if self.weight_constraints else None, self.balance)
-            clipped = stage.activation.out_of_range(a)
-            layers.append(_describe(stage, solution.rank, solution.n, solution.method, clipped))
+            if bias_grads[i] is not None and isinstance(stage.layer, nn.Linear):
+                k = bias_grads[i].reshape(stage.output_shape)  # a fully connected layer's bias gradient is k
+            else:
+                k = inverters[i + 1].input_vjp(k).reshape(stage.output_shape) * stage.activation.derivative(z_i)
+            if stage.has_bias:
+                z_i = z_i - _broadcast_bias(stage, z_i)
+            solution = inverters[i].solve(k, grads[i], z_i if self.weight_constraints else None, self.balance,
+                                          self.options)
+            layers.append(_describe(stage, solution, stage.activation.out_of_range(a)))
             x = solution.x
-        return Candidate(z_top=z_top, x=x, layers=layers[::-1])
+        return Candidate(start=start, x=x, layers=layers[::-1])
 
 
-def _describe(stage: Stage, rank: int, n: int, method: str, clipped: int = 0) -> str:
-    text = f"{stage.name}:{rank}/{n}:{method}"
+def _broadcast_bias(stage: Stage, like: torch.Tensor) -> torch.Tensor:
+    """The stage's bias shaped like its output (per channel for convolutions)."""
+    bias = stage.layer.bias.detach().to(like)
+    return bias.reshape(-1, *([1] * (like.dim() - 1))) if like.dim() > 1 else bias
+
+
+def _residual_target(start: TopStart, given: torch.Tensor | None, combined: bool, device: torch.device) -> torch.Tensor:
+    """Labels under which a candidate's gradient is compared with the observed one."""
+    if combined:  # one image standing for the batch, trained on the batch's mean (soft) label
+        y = float(signed_labels(given).mean()) if given is not None else 0.0
+        y = y if y != 0.0 else 0.1
+        return torch.full((1,), (y + 1) / 2, dtype=torch.float64, device=device)
+    labels = given if given is not None else start.labels
+    if labels is None:  # a zero bias gradient carries no label; score under label 0
+        return torch.zeros(1, dtype=torch.long, device=device)
+    return labels
+
+
+def _describe(stage: Stage, solution: Solution, clipped: int = 0) -> str:
+    """``name:rank/n:method`` plus CG iterations and conditioning, and clipped activations, where present."""
+    text = f"{stage.name}:{solution.rank}/{solution.n}:{solution.method}"
+    iterations = getattr(solution, "iterations", None)
+    if iterations is not None:
+        text += f":it={iterations}"
+    cond = getattr(solution, "cond", None)
+    if cond is not None:
+        text += f":cond={cond:.2g}"
     return text + f":clipped={clipped}" if clipped else text
 
 
 def _gradient_residual(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss: str,
-                       grads: list[torch.Tensor], param_indices: list[int]) -> float:
-    """Relative L2 distance between the gradient that ``x`` produces and the observed one."""
+                       grads: list[torch.Tensor]) -> float:
+    """Relative L2 distance between the gradient that ``x`` produces and the observed one (all parameters)."""
     params = list(model.parameters())
     logits = model(x.to(params[0]))
-    produced = torch.autograd.grad(get_loss(loss)(logits, labels), [params[i] for i in param_indices])
+    produced = torch.autograd.grad(get_loss(loss)(logits, labels), params)
     num = sum(float(((p - g) ** 2).sum()) for p, g in zip(produced, grads, strict=True))
     den = sum(float((g**2).sum()) for g in grads)
     return float(np.sqrt(num / den)) if den > 0 else float("nan")
 
 
-def _choose(candidates: list[Candidate], exact: bool, floor: float) -> tuple[Candidate, str]:
+def _choose(candidates: list[Candidate], floor: float) -> tuple[Candidate, str, list[Candidate]]:
     """Pick a candidate: by gradient residual, or by the box prior among those the residual cannot tell apart.
 
     Residuals below ``floor`` (sqrt of the gradient dtype's machine epsilon) are round-off, as are residuals
-    within ``_TIE_FACTOR`` of the best one.
+    within ``_TIE_FACTOR`` of the best one. Returns the choice, its rule and the tied candidates.
     """
-    if not exact:
-        return candidates[0], "closest"
+    if not all(c.start.exact for c in candidates):
+        return candidates[0], "closest", candidates[:1]
     if len(candidates) == 1:
-        return candidates[0], "unique"
+        return candidates[0], "unique", candidates
     bound = max(_TIE_FACTOR * min(c.residual for c in candidates), floor)
     tied = [c for c in candidates if c.residual <= bound]
     if len(tied) == 1:
-        return tied[0], "gradient"
-    return min(tied, key=lambda c: c.box_violation), "box-prior"
+        return tied[0], "gradient", tied
+    return min(tied, key=lambda c: c.box_violation), "box-prior", tied

@@ -25,6 +25,7 @@ from torch import nn
 from rgap.attack import Attack, AttackResult, SharedGradient, TracePoint, TraceRecorder
 from rgap.config import instantiate_group, short_error
 from rgap.data import ImageSet, build_dataset, select_indices
+from rgap.defenses import build_defense, defense_generator
 from rgap.errors import UnsupportedError, UserInputError
 from rgap.images import rescale_minmax, save_image_grid
 from rgap.losses import get_loss
@@ -85,7 +86,8 @@ def compute_shared_gradient(
     """The client's update: gradient of the mean loss over ``images`` in ``precision``.
 
     ``label_mode="reversed"`` trains on the label opposite to the model's prediction, as the R-GAP
-    reference code does (it makes the last-layer equation's root unique). The returned gradient keeps
+    reference code does (it makes the last-layer equation's root unique); with several logits, on the least
+    likely class. The returned gradient keeps
     the client's dtype; the attacker's model copy has the same weights.
     """
     dtype = PRECISIONS[_choice(precision, PRECISIONS, "precision")]
@@ -94,10 +96,9 @@ def compute_shared_gradient(
     x = images.to(device=device, dtype=dtype)
     logits = client(x)
     if label_mode == "reversed":
-        if loss != "logistic":
-            raise UserInputError(f"label=reversed flips a single logit's prediction and needs loss=logistic, "
-                                 f"not loss={loss}; use label=true.")
-        labels = (logits.detach().reshape(-1) <= 0).long()
+        flat = logits.detach().reshape(logits.shape[0], -1)
+        # One logit: the class it does not predict. Several: the least likely class.
+        labels = (flat[:, 0] <= 0).long() if flat.shape[1] == 1 else flat.argmin(dim=1)
     labels = labels.to(device)
     value = get_loss(loss)(logits, labels)
     grads = torch.autograd.grad(value, list(client.parameters()))
@@ -111,26 +112,66 @@ def compute_shared_gradient(
     )
 
 
+LOSSES = ("auto", "logistic", "cross_entropy")
+
+
+def resolve_head(cfg: Mapping[str, Any], dataset_classes: int) -> tuple[str, int]:
+    """(loss, logits of the output layer) for a trial config.
+
+    ``loss=auto``: cross-entropy when ``model.num_classes`` asks for more than one logit, else logistic.
+    The head has ``model.num_classes`` logits when set, else 1 (logistic) or the dataset's class count.
+    """
+    loss = _resolved_loss(cfg)
+    requested = cfg["model"].get("num_classes")
+    if loss == "logistic":
+        if dataset_classes != 2:
+            raise UserInputError(
+                f"loss=logistic trains one logit on binary labels, but dataset.num_classes={dataset_classes}; "
+                "set dataset.num_classes=2, or loss=cross_entropy for a multi-class head."
+            )
+        if requested is not None and int(requested) != 1:
+            raise UserInputError(f"loss=logistic needs one logit, but model.num_classes={requested}; "
+                                 "use loss=cross_entropy (or loss=auto) or model.num_classes=null.")
+        return loss, 1
+    outputs = dataset_classes if requested is None else int(requested)
+    if outputs < max(2, dataset_classes):
+        raise UserInputError(
+            f"model.num_classes={requested} is too small for loss=cross_entropy on a dataset with "
+            f"{dataset_classes} classes; set model.num_classes >= {max(2, dataset_classes)} or null."
+        )
+    return loss, outputs
+
+
+def per_example_gradients(shared: SharedGradient, images: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Each image's own gradient (same model, dtype, loss and labels as ``shared``), for DP-SGD clipping."""
+    params = list(shared.model.parameters())
+    x = images.to(device=params[0].device, dtype=params[0].dtype)
+    loss = get_loss(shared.loss)
+    out = []
+    for i in range(x.shape[0]):
+        value = loss(shared.model(x[i : i + 1]), shared.labels[i : i + 1])
+        out.append([g.detach() for g in torch.autograd.grad(value, params)])
+    return out
+
+
 def setup_trial(cfg: Mapping[str, Any]) -> Trial:
     """Dataset, images, seeded model and shared gradient for one trial config."""
     device = resolve_device(str(cfg["device"]))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     dataset = build_dataset(cfg["dataset"])
-    if cfg["loss"] == "logistic" and dataset.num_classes != 2:
-        raise UserInputError(
-            f"loss=logistic trains one logit on binary labels, but dataset.num_classes={dataset.num_classes}; "
-            "set dataset.num_classes=2."
-        )
+    loss, outputs = resolve_head(cfg, dataset.num_classes)
     indices = select_indices(len(dataset), int(cfg["index"]), int(cfg["batch_size"]), int(cfg["seed"]))
     images, labels = dataset.get(indices)
-    outputs = 1 if cfg["loss"] == "logistic" else dataset.num_classes
     model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=dataset.shape, seed=int(cfg["seed"]),
                               num_outputs=outputs)
     shared = compute_shared_gradient(
-        model, images, labels, loss=str(cfg["loss"]), precision=str(cfg["precision"]),
+        model, images, labels, loss=loss, precision=str(cfg["precision"]),
         label_mode=label_mode(cfg["label"]), device=device,
     )
+    defense = build_defense(cfg.get("defense"))
+    shared = defense.defend(shared, lambda: per_example_gradients(shared, images),
+                            defense_generator(int(cfg["seed"])))
     return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared)
 
 
@@ -169,11 +210,25 @@ def _base_row(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "attack": cfg["attack"]["name"], "model": cfg["model"]["name"], "dataset": cfg["dataset"]["name"],
         "batch_size": int(cfg["batch_size"]), "index": int(cfg["index"]), "seed": int(cfg["seed"]),
-        "label_mode": label_mode(cfg["label"]), "precision": cfg["precision"], "loss": cfg["loss"],
+        "label_mode": label_mode(cfg["label"]), "precision": cfg["precision"],
+        "loss": _resolved_loss(cfg), **_defense_columns(cfg),
         "device": str(cfg["device"]),
         "torch_version": torch.__version__, "git_commit": git_commit(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _defense_columns(cfg: Mapping[str, Any]) -> dict[str, str]:
+    defense = build_defense(cfg.get("defense"))
+    return {"defense": defense.name, "defense_params": defense.describe()}
+
+
+def _resolved_loss(cfg: Mapping[str, Any]) -> str:
+    """The loss a trial trains with (``auto`` resolved from ``model.num_classes``)."""
+    if _choice(str(cfg["loss"]), LOSSES, "loss") != "auto":
+        return str(cfg["loss"])
+    requested = cfg["model"].get("num_classes")
+    return "cross_entropy" if requested is not None and int(requested) > 1 else "logistic"
 
 
 def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,

@@ -1,6 +1,7 @@
 """Time R-GAP on CNN6 (or another model) over images of the offline sample set.
 
     python -m scripts.bench_rgap [--model cnn6] [--images 8] [--precision float64 float32] [--threads 2]
+                                 [--bias] [--num-classes 10] [--labels given|infer]
 
 Prints, per gradient precision, seconds per image (attack only), PSNR (median / min / max), and the
 process's peak resident memory. Targets from issue 2 on 2 CPU cores: < 2 s per image, < 2 GB peak,
@@ -32,22 +33,26 @@ def peak_rss_mb() -> float:
 
 
 def bench(model_name: str, dataset_name: str, n_images: int, precision: str, label: str, seed: int,
-          balance: bool = True) -> dict:
-    """Attack ``n_images`` images one by one; return per-image seconds and PSNRs."""
+          balance: bool = True, bias: bool = False, num_classes: int | None = None, labels: str = "given") -> dict:
+    """Attack ``n_images`` images one by one; return per-image seconds, PSNRs and label hits."""
     dataset = DATASETS[dataset_name]()
-    model = MODELS[model_name](dataset.shape, seed=seed)
-    attack = RGAP(balance=balance)
-    seconds, psnrs = [], []
+    model = MODELS[model_name](dataset.shape, seed=seed, bias=bias, num_classes=num_classes)
+    loss = "cross_entropy" if num_classes and num_classes > 1 else "logistic"
+    attack = RGAP(balance=balance, labels=labels)
+    seconds, psnrs, hits = [], [], []
     for index in range(n_images):
-        images, labels = dataset.get([index])
-        shared = compute_shared_gradient(model, images, labels, precision=precision, label_mode=label)
+        images, true_labels = dataset.get([index])
+        shared = compute_shared_gradient(model, images, true_labels, loss=loss, precision=precision,
+                                         label_mode=label)
         result, elapsed = timed_attack(attack, shared)
         psnr = image_metrics(result.reconstruction, images).values["psnr"]
+        hit = result.labels is not None and result.labels.tolist() == shared.labels.tolist()
         seconds.append(elapsed)
         psnrs.append(psnr)
+        hits.append(hit)
         print(f"  {precision} image {index:2d}: {elapsed:6.2f} s  PSNR {psnr:7.2f} dB  "
-              f"root {result.info['rgap_root_rule']}", flush=True)
-    return {"seconds": seconds, "psnr": psnrs}
+              f"root {result.info['rgap_root_rule']}  label {'ok' if hit else 'WRONG'}", flush=True)
+    return {"seconds": seconds, "psnr": psnrs, "label_acc": sum(hits) / len(hits)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,17 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weight gradient and weight constraints equally (R-GAP's default)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the CI box)")
+    parser.add_argument("--bias", action="store_true", help="every layer with a bias")
+    parser.add_argument("--num-classes", type=int, default=None, help="logits of the head (softmax cross-entropy)")
+    parser.add_argument("--labels", default="given", choices=["given", "infer"], help="R-GAP's attack.labels")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"R-GAP on {args.model} / {args.dataset}, {args.images} images, label={args.label}, "
-          f"balance={args.balance}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    results = {p: bench(args.model, args.dataset, args.images, p, args.label, args.seed, args.balance)
+          f"balance={args.balance}, bias={args.bias}, num_classes={args.num_classes}, labels={args.labels}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {p: bench(args.model, args.dataset, args.images, p, args.label, args.seed, args.balance, args.bias,
+                        args.num_classes, args.labels)
                for p in args.precision}
     print(f"\n{'gradient':>9} | {'s/image (median)':>16} | {'s/image (max)':>13} | {'PSNR median':>11} | "
-          f"{'PSNR min':>8} | {'PSNR max':>8}")
+          f"{'PSNR min':>8} | {'PSNR max':>8} | label acc")
     for precision, res in results.items():
         print(f"{precision:>9} | {statistics.median(res['seconds']):16.2f} | {max(res['seconds']):13.2f} | "
-              f"{statistics.median(res['psnr']):11.2f} | {min(res['psnr']):8.2f} | {max(res['psnr']):8.2f}")
+              f"{statistics.median(res['psnr']):11.2f} | {min(res['psnr']):8.2f} | {max(res['psnr']):8.2f} | "
+              f"{100 * res['label_acc']:.0f} %")
     print(f"peak resident memory of the process: {peak_rss_mb():.0f} MiB")
     return 0
 

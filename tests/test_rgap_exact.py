@@ -544,7 +544,7 @@ def _unsupported_batchnorm() -> nn.Sequential:
     )
 
 
-def _unsupported_conv_bias() -> nn.Sequential:
+def _conv_bias() -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1, bias=True), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(64, 1, bias=False)
     )
@@ -566,11 +566,12 @@ UNSUPPORTED = [
     pytest.param(_unsupported_relu, 1, "logistic", True, UnsupportedLayerError, "ReLU", id="relu"),
     pytest.param(_unsupported_maxpool, 1, "logistic", True, UnsupportedLayerError, "MaxPool2d", id="maxpool"),
     pytest.param(_unsupported_batchnorm, 1, "logistic", True, UnsupportedLayerError, "BatchNorm2d", id="batchnorm"),
-    pytest.param(_unsupported_conv_bias, 1, "logistic", True, UnsupportedLayerError, "bias", id="conv-bias"),
+    pytest.param(_conv_bias, 1, "logistic", True, UnsupportedInputError, "all zeros", id="zero-grad"),
     pytest.param(_unsupported_two_logits, 1, "logistic", True, UnsupportedLayerError, "single-logit", id="2-logits"),
     pytest.param(_supported_conv, 2, "logistic", True, UnsupportedInputError, "batch_size=2", id="conv-batch2"),
     pytest.param(_supported_conv, 1, "logistic", False, UnsupportedInputError, "label", id="no-labels"),
-    pytest.param(_supported_conv, 1, "cross_entropy", True, UnsupportedInputError, "logistic", id="other-loss"),
+    pytest.param(_supported_conv, 1, "cross_entropy", True, UnsupportedLayerError, "two logits", id="ce-one-logit"),
+    pytest.param(_supported_conv, 1, "hinge", True, UnsupportedInputError, "logistic", id="other-loss"),
 ]
 
 

@@ -165,6 +165,27 @@ def test_idlg_multiclass_label_through_the_trial(trial_cfg):
     assert row["status"] == "ok" and row["label_acc"] == 1.0 and row["labels_given"] is False
 
 
-def test_reversed_label_needs_logistic(trial_cfg):
-    with pytest.raises(UserInputError, match="label=true"):
-        run_trial(trial_cfg("loss=cross_entropy", "dataset.num_classes=8"))
+def test_reversed_label_with_several_logits_is_the_least_likely_class(trial_cfg):
+    trial = setup_trial(trial_cfg("loss=cross_entropy", "dataset.num_classes=8", "model=lenet", "index=3"))
+    with torch.no_grad():
+        logits = trial.shared.model(trial.images.to(torch.float64))
+    assert trial.shared.model[-1].out_features == 8
+    assert int(trial.shared.labels[0]) == int(logits.argmin())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("loss=logistic", "model.num_classes=10"), "model.num_classes=10"),
+    (("loss=cross_entropy", "model.num_classes=1"), "too small"),
+    (("loss=hinge",), "loss='hinge'"),
+    (("dataset.num_classes=8",), "dataset.num_classes=8"),
+])
+def test_bad_head_configs_are_user_errors(trial_cfg, overrides, message):
+    with pytest.raises(UserInputError, match=message):
+        setup_trial(trial_cfg(*overrides))
+
+
+def test_auto_loss_follows_model_num_classes(trial_cfg):
+    trial = setup_trial(trial_cfg("model=lenet", "model.num_classes=10", "model.bias=true"))
+    assert trial.shared.loss == "cross_entropy" and trial.shared.model[-1].out_features == 10
+    assert trial.shared.model[-1].bias is not None
+    assert setup_trial(trial_cfg("model=lenet")).shared.loss == "logistic"
