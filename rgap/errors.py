@@ -26,3 +26,7 @@ class UnsupportedLayerError(UnsupportedError):
 
 class UnsupportedInputError(UnsupportedError):
     """The input cannot be attacked this way (e.g. a conv network with batch size > 1)."""
+
+
+class CheckpointMismatchError(UserInputError):
+    """A checkpoint's model, input shape or head does not fit the model a trial or analysis asks for."""

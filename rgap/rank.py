@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from rgap.config import instantiate_group
+from rgap.checkpoints import build_model
 from rgap.data import build_dataset
 from rgap.errors import UnsupportedLayerError
 from rgap.inverters import make_inverter
@@ -221,7 +221,9 @@ def run_rank_analysis(cfg: Mapping[str, Any], out_path: str | Path | None = None
     else:
         input_shape = build_dataset(cfg["dataset"]).shape
     seed = int(cfg["seed"])
-    model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=input_shape, seed=seed)
+    results_dir = str(cfg.get("paths", {}).get("results", "results"))
+    model, _ = build_model(cfg["model"], input_shape, seed, results_dir=results_dir,
+                           dataset_name=str(cfg["dataset"]["name"]) if cfg.get("dataset") else None)
     rows = rank_analysis(model, input_shape, seed=seed, numerical=bool(cfg["numerical"]),
                          max_unknowns=int(cfg["max_unknowns"]))
     table = rank_table(rows)

@@ -11,7 +11,7 @@ from typing import Any
 #: Columns of ``row.csv``, in order. Metrics that could not be computed are empty and ``metric_notes`` says why.
 ROW_COLUMNS: tuple[str, ...] = (
     "attack", "model", "dataset", "batch_size", "index", "indices", "seed", "label_mode", "precision", "loss",
-    "defense", "defense_params", "device", "status", "reason",
+    "defense", "defense_params", "weights", "weights_hash", "rank_note", "device", "status", "reason",
     "mse", "psnr", "ssim", "lpips", "metric_notes", "scored_against", "matching",
     "label_acc", "labels_given", "labels", "attack_labels",
     "time_s", "iterations", "final_loss", "attack_info",

@@ -14,7 +14,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rgap.attack import Attack, AttackResult, SharedGradient, TracePoint, TraceRecorder
+from rgap.checkpoints import WeightsInfo, add_rank_note, build_model
 from rgap.config import instantiate_group, short_error
 from rgap.data import ImageSet, build_dataset, select_indices
 from rgap.defenses import build_defense, defense_generator
@@ -48,6 +49,7 @@ class Trial:
     images: torch.Tensor  # [B, C, H, W], float32 in [0, 1]
     labels: torch.Tensor  # true labels of the images
     shared: SharedGradient  # what the attacker receives (labels = the ones the gradient used)
+    weights: WeightsInfo = field(default_factory=WeightsInfo)  # untrained or which checkpoint (row columns)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,8 +165,11 @@ def setup_trial(cfg: Mapping[str, Any]) -> Trial:
     loss, outputs = resolve_head(cfg, dataset.num_classes)
     indices = select_indices(len(dataset), int(cfg["index"]), int(cfg["batch_size"]), int(cfg["seed"]))
     images, labels = dataset.get(indices)
-    model = instantiate_group(cfg["model"], "model", nn.Module, input_shape=dataset.shape, seed=int(cfg["seed"]),
-                              num_outputs=outputs)
+    model, weights = build_model(cfg["model"], dataset.shape, int(cfg["seed"]), num_outputs=outputs,
+                                 results_dir=str(cfg.get("paths", {}).get("results", "results")),
+                                 dataset_name=str(cfg["dataset"]["name"]))
+    weights = add_rank_note(weights, cfg["model"], model, dataset.shape, int(cfg["seed"]), outputs,
+                            attack=str(cfg.get("attack", {}).get("name", "")))
     shared = compute_shared_gradient(
         model, images, labels, loss=loss, precision=str(cfg["precision"]),
         label_mode=label_mode(cfg["label"]), device=device,
@@ -172,7 +177,7 @@ def setup_trial(cfg: Mapping[str, Any]) -> Trial:
     defense = build_defense(cfg.get("defense"))
     shared = defense.defend(shared, lambda: per_example_gradients(shared, images),
                             defense_generator(int(cfg["seed"])))
-    return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared)
+    return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared, weights=weights)
 
 
 def timed_attack(attack: Attack, shared: SharedGradient,
@@ -241,6 +246,7 @@ def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
     row = _base_row(cfg)
     row["config_hash"] = config_hash
     trial = setup_trial(cfg)
+    row.update(trial.weights.columns())
     row["indices"] = " ".join(str(i) for i in trial.indices)
     row["labels"] = " ".join(str(int(v)) for v in trial.shared.labels.cpu())  # what the client trained on
     attack = instantiate_group(cfg["attack"], "attack", Attack)

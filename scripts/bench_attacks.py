@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rgap.attack import Attack
+from rgap.checkpoints import build_model
 from rgap.config import instantiate_group
 from rgap.data import build_dataset
 from rgap.errors import UnsupportedError
@@ -57,8 +58,7 @@ def run(model_name: str, attacks: list[str], n_images: int, overrides: dict[str,
         label: str) -> dict[str, dict[str, list[float]]]:
     dataset = build_dataset(load_group("dataset", DATASET_FOR[model_name], []))
     model_cfg = load_group("model", model_name, overrides.get("model", []))
-    model = instantiate_group(model_cfg, "model", torch.nn.Module, input_shape=dataset.shape, seed=seed,
-                              num_outputs=1)
+    model, _ = build_model(model_cfg, dataset.shape, seed, num_outputs=1)
     results: dict[str, dict[str, list[float]]] = {}
     for name in attacks:
         attack = instantiate_group(load_group("attack", name, overrides.get(name, [])), "attack", Attack)

@@ -21,7 +21,7 @@ from rgap.errors import UserInputError
 from rgap.schema import ROW_COLUMNS
 from rgap.sweep import completed_rows
 
-GROUP = ["attack", "model", "dataset", "batch_size"]
+GROUP = ["attack", "model", "dataset", "batch_size", "defense", "defense_params", "weights"]
 METRICS = ["mse", "psnr", "ssim", "lpips", "label_acc", "time_s"]
 
 

@@ -1,0 +1,412 @@
+"""Checkpoints of trained models (written by ``python -m runners.train``) and the weights a trial attacks.
+
+A checkpoint is one ``.pt`` file holding a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+the ``state_dict``, the resolved model config (``name``, ``_target_``, ``bias``, ``num_classes``, ...), the
+dataset it was trained on, the input shape, the number of outputs, the loss, the validation accuracy, the
+epochs, the seed and the torch version (plus the training history and optimiser settings).
+
+Model configs (``conf/model/*.yaml``) carry three keys that are not builder arguments and are stripped before
+instantiation (:func:`builder_config`):
+
+``checkpoint``  path to a checkpoint; null = untrained weights from the seeded init. Wins over ``state``.
+``state``       ``untrained`` | ``trained`` (the newest matching checkpoint in ``<paths.results>/checkpoints``).
+``rank_check``  with checkpoint weights and the R-GAP attack, compare per-layer numerical ranks of the trained
+                model with the untrained one (the ``rank_note`` column). Two rank analyses: ~25 s for CNN6 on
+                one CPU thread, once per process and weights (cached), not counted in the attack time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgap.config import instantiate_group, short_error
+from rgap.errors import CheckpointMismatchError, UserInputError
+
+#: Model config keys that choose the weights, not the architecture (never passed to the builder).
+WEIGHT_KEYS = ("checkpoint", "state", "rank_check")
+#: Model config keys that only shape the initial weights: a checkpoint overrides them, so they may differ.
+INIT_KEYS = ("name", "init", "init_std", "num_classes")
+FORMAT = "rgap-bench-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+#: Layers with more unknowns than this get no numerical rank in ``rank_note`` (as ``rgap.rank``'s default).
+RANK_NOTE_MAX_UNKNOWNS = 6000
+#: Attacks whose rows get a ``rank_note`` (the rank decides whether R-GAP's closed form is exact).
+RANK_NOTE_ATTACKS = ("rgap",)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights a model has, as recorded in a row (``weights``, ``weights_hash``, ``rank_note``)."""
+
+    weights: str = ""  # "untrained:<init>" or "checkpoint:<path>"
+    weights_hash: str = ""  # first 12 hex digits of the checkpoint file's SHA-256 ("" when untrained)
+    rank_note: str = ""  # trained vs untrained per-layer ranks (checkpoint weights, R-GAP only)
+    checkpoint: str | None = None  # the checkpoint path, None when untrained
+
+    def columns(self) -> dict[str, str]:
+        """The row columns this describes."""
+        return {"weights": self.weights, "weights_hash": self.weights_hash, "rank_note": self.rank_note}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model config handling
+# --------------------------------------------------------------------------------------------------------
+def _container(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_cfg`` as a plain dict with interpolations resolved (``???`` stays, instantiate_group reports it)."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(model_cfg, DictConfig):
+        return dict(model_cfg)
+    try:
+        container = OmegaConf.to_container(model_cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise UserInputError(f"Invalid model config: {short_error(exc, 400)}") from exc
+    assert isinstance(container, dict)
+    return container
+
+
+def builder_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config without :data:`WEIGHT_KEYS`: what ``instantiate_group`` passes to the builder."""
+    return {k: v for k, v in _container(model_cfg).items() if k not in WEIGHT_KEYS}
+
+
+def _state_none(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
+                input_shape: Sequence[int] | None, num_outputs: int | None) -> Path | None:
+    return None
+
+
+def model_state(model_cfg: Mapping[str, Any]) -> str:
+    """``model.state`` (``untrained`` when absent), validated."""
+    state = str(model_cfg.get("state") or "untrained")
+    if state not in STATES:
+        raise UserInputError(
+            f"model.state={state!r} is not valid; valid choices: {', '.join(STATES)} (untrained = the seeded "
+            "initial weights, trained = the newest matching checkpoint in <paths.results>/checkpoints), or set "
+            "model.checkpoint=<path> to a checkpoint written by `python -m runners.train`."
+        )
+    return state
+
+
+def _shape_text(shape: Sequence[int] | None) -> str:
+    return "x".join(str(int(v)) for v in shape) if shape is not None else "?"
+
+
+def _train_command(model_name: str, dataset_name: str | None, num_outputs: int | None) -> str:
+    extra = f" model.num_classes={num_outputs}" if num_outputs and num_outputs > 1 else ""
+    return f"`python -m runners.train model={model_name} dataset={dataset_name or '<dataset>'}{extra}`"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------
+def checkpoint_dir(results_dir: str | Path) -> Path:
+    """``<results_dir>/checkpoints``, where ``runners.train`` writes and ``model.state=trained`` looks."""
+    return Path(results_dir) / CHECKPOINT_DIR
+
+
+def default_checkpoint_path(results_dir: str | Path, model_name: str, dataset_name: str, epochs: int,
+                            seed: int) -> Path:
+    """``<results_dir>/checkpoints/<model>_<dataset>_e<epochs>_s<seed>.pt``."""
+    return checkpoint_dir(results_dir) / f"{model_name}_{dataset_name}_e{int(epochs)}_s{int(seed)}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The ``*.pt`` files in ``directory``, sorted by name (none when it does not exist)."""
+    directory = Path(directory)
+    return sorted(directory.glob("*.pt")) if directory.is_dir() else []
+
+
+def weights_hash(path: str | Path) -> str:
+    """First 12 hex digits of the SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    model_cfg: Mapping[str, Any],
+    dataset_name: str,
+    input_shape: Sequence[int],
+    num_outputs: int,
+    loss: str,
+    val_accuracy: float | None,
+    epochs: int,
+    seed: int,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one checkpoint file atomically (temporary file + rename) and return its path.
+
+    ``model_cfg`` is stored without :data:`WEIGHT_KEYS`; ``extra`` (plain values only) is stored as well.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **dict(extra or {}),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+        "model_config": builder_config(model_cfg),
+        "dataset": str(dataset_name),
+        "input_shape": [int(v) for v in input_shape],
+        "num_outputs": int(num_outputs),
+        "loss": str(loss),
+        "val_accuracy": None if val_accuracy is None else float(val_accuracy),
+        "epochs": int(epochs),
+        "seed": int(seed),
+        "torch_version": str(torch.__version__),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _missing_message(path: Path) -> str:
+    available = list_checkpoints(path.parent)
+    listed = ", ".join(p.name for p in available) if available else "none"
+    return (f"model.checkpoint={path} does not exist; checkpoints available in {path.parent}: {listed}. Write one "
+            "with `python -m runners.train model=<model> dataset=<dataset>` (it prints the path), or use "
+            "model.state=trained for the newest matching one.")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict at ``path`` (on the CPU); a missing or foreign file is a ``UserInputError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(_missing_message(path))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a torch zip/pickle
+        raise UserInputError(f"model.checkpoint={path} could not be read as a checkpoint ({short_error(exc)}); "
+                             "give a .pt file written by `python -m runners.train`.") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserInputError(f"model.checkpoint={path} is not a checkpoint written by `python -m runners.train` "
+                             f"(no format={FORMAT!r} entry); give one of those files.")
+    return payload
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading and compatibility
+# --------------------------------------------------------------------------------------------------------
+def _num_outputs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Logits per sample of ``model`` on inputs of ``input_shape``."""
+    param = next(model.parameters())
+    with torch.no_grad():
+        out = model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
+    return int(out.reshape(1, -1).shape[1])
+
+
+def _state_differences(stored: Mapping[str, torch.Tensor], wanted: Mapping[str, torch.Tensor]) -> list[str]:
+    reasons = []
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    if missing:
+        reasons.append(f"parameters missing from the checkpoint: {', '.join(missing[:4])}")
+    if unexpected:
+        reasons.append(f"parameters the model does not have: {', '.join(unexpected[:4])}")
+    shapes = [f"{k} {tuple(stored[k].shape)} vs {tuple(wanted[k].shape)}" for k in sorted(set(stored) & set(wanted))
+              if tuple(stored[k].shape) != tuple(wanted[k].shape)]
+    if shapes:
+        reasons.append(f"parameter shapes (checkpoint vs model): {', '.join(shapes[:4])}")
+    return reasons
+
+
+def mismatches(meta: Mapping[str, Any], model: nn.Module, model_cfg: Mapping[str, Any],
+               input_shape: Sequence[int]) -> list[str]:
+    """Why the checkpoint ``meta`` cannot be loaded into ``model`` (built from ``model_cfg`` for ``input_shape``)."""
+    stored_cfg = dict(meta.get("model_config") or {})
+    wanted_cfg = builder_config(model_cfg)
+    reasons = []
+    if stored_cfg.get("name") != wanted_cfg.get("name"):
+        reasons.append(f"model {stored_cfg.get('name')} vs {wanted_cfg.get('name')}")
+    if [int(v) for v in meta.get("input_shape", [])] != [int(v) for v in input_shape]:
+        reasons.append(f"input shape {_shape_text(meta.get('input_shape'))} vs {_shape_text(input_shape)}")
+    outputs = _num_outputs(model, input_shape)
+    if int(meta.get("num_outputs", -1)) != outputs:
+        reasons.append(f"outputs {meta.get('num_outputs')} vs {outputs}")
+    options = sorted((set(stored_cfg) | set(wanted_cfg)) - set(INIT_KEYS))
+    changed = [f"model.{k}={stored_cfg.get(k)!r} vs {wanted_cfg.get(k)!r}" for k in options
+               if stored_cfg.get(k) != wanted_cfg.get(k)]
+    if changed:
+        reasons.append("architecture options " + ", ".join(changed))
+    return reasons + _state_differences(meta["state_dict"], model.state_dict())
+
+
+def load_into(model: nn.Module, path: str | Path, model_cfg: Mapping[str, Any],
+              input_shape: Sequence[int]) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model`` (in place) and return the checkpoint dict.
+
+    The stored model name, input shape, number of outputs, architecture options and the state_dict's keys and
+    shapes must all match ``model_cfg``/``input_shape``/``model``, else ``CheckpointMismatchError``.
+    """
+    path = Path(path)
+    meta = read_checkpoint(path)
+    _load_checked(meta, path, model, model_cfg, input_shape)
+    return meta
+
+
+def _load_checked(meta: Mapping[str, Any], path: Path, model: nn.Module, model_cfg: Mapping[str, Any],
+                  input_shape: Sequence[int]) -> None:
+    _check_fits(meta, path, model, model_cfg, input_shape)
+    model.load_state_dict(meta["state_dict"])  # copies into the model's own tensors (its dtype and device)
+
+
+def _check_fits(meta: Mapping[str, Any], path: Path, model: nn.Module, model_cfg: Mapping[str, Any],
+                input_shape: Sequence[int]) -> None:
+    reasons = mismatches(meta, model, model_cfg, input_shape)
+    if not reasons:
+        return
+    stored = dict(meta.get("model_config") or {}).get("name")
+    wanted = builder_config(model_cfg).get("name")
+    outputs = _num_outputs(model, input_shape)
+    raise CheckpointMismatchError(
+        f"Checkpoint {path} does not fit the requested model: it holds model {stored} for input "
+        f"{_shape_text(meta.get('input_shape'))} with {meta.get('num_outputs')} output(s) (trained on "
+        f"{meta.get('dataset')}), but model {wanted} for input {_shape_text(input_shape)} with {outputs} output(s) "
+        f"was requested; differences (checkpoint vs requested): {'; '.join(reasons)}. Use a checkpoint of this "
+        f"model ({_train_command(str(wanted), None, outputs)} writes one), or choose the model, dataset and "
+        "options the checkpoint was trained with."
+    )
+
+
+def _checkpoint_summary(meta: Mapping[str, Any]) -> str:
+    return (f"{dict(meta.get('model_config') or {}).get('name')} on {meta.get('dataset')} "
+            f"({_shape_text(meta.get('input_shape'))}, {meta.get('num_outputs')} output(s))")
+
+
+def resolve_state(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
+                  input_shape: Sequence[int] | None = None, num_outputs: int | None = None) -> Path | None:
+    """The checkpoint ``model.state`` asks for: None for ``untrained``; for ``trained`` the newest (mtime)
+    checkpoint in ``<results_dir>/checkpoints`` whose stored model name and dataset match (and the input
+    shape and number of outputs, when given). None matching is a ``UserInputError`` saying how to make one."""
+    return STATES[model_state(model_cfg)](model_cfg, dataset_name, results_dir, input_shape, num_outputs)
+
+
+def _newest_trained(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
+                    input_shape: Sequence[int] | None, num_outputs: int | None) -> Path:
+    name = str(model_cfg.get("name"))
+    directory = checkpoint_dir(results_dir)
+    matching, others = [], []
+    for path in list_checkpoints(directory):
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # an unreadable file is simply not a candidate
+            continue
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            continue
+        fits = (dict(meta.get("model_config") or {}).get("name") == name
+                and (dataset_name is None or meta.get("dataset") == dataset_name)
+                and (input_shape is None or [int(v) for v in meta.get("input_shape", [])] == list(input_shape))
+                and (num_outputs is None or int(meta.get("num_outputs", -1)) == int(num_outputs)))
+        (matching if fits else others).append((path, meta))
+    if matching:
+        return max(matching, key=lambda item: (item[0].stat().st_mtime, item[0].name))[0]
+    held = "; ".join(f"{p.name}: {_checkpoint_summary(m)}" for p, m in others) or "no checkpoints"
+    wanted = (f"model {name} on dataset {dataset_name} (input {_shape_text(input_shape)}, "
+              f"{num_outputs if num_outputs is not None else 'any number of'} output(s))")
+    raise UserInputError(
+        f"model.state=trained found no checkpoint of {wanted} in {directory} (it holds {held}). Make one with "
+        f"{_train_command(name, dataset_name, num_outputs)} (with the same model.* and dataset.* options), "
+        "or set model.checkpoint=<path>, or use model.state=untrained."
+    )
+
+
+#: ``model.state`` -> how its checkpoint is found (None: untrained weights).
+STATES: dict[str, Callable[..., Path | None]] = {"untrained": _state_none, "trained": _newest_trained}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building the model a trial attacks
+# --------------------------------------------------------------------------------------------------------
+def _instantiate(model_cfg: Mapping[str, Any], input_shape: Sequence[int], seed: int,
+                 num_outputs: int | None) -> nn.Module:
+    kwargs: dict[str, Any] = {"input_shape": tuple(int(v) for v in input_shape), "seed": int(seed)}
+    if num_outputs is not None:
+        kwargs["num_outputs"] = int(num_outputs)
+    return instantiate_group(builder_config(model_cfg), "model", nn.Module, **kwargs)
+
+
+def build_model(
+    model_cfg: Mapping[str, Any],
+    input_shape: Sequence[int],
+    seed: int,
+    num_outputs: int | None = None,
+    results_dir: str | Path = "results",
+    dataset_name: str | None = None,
+) -> tuple[nn.Module, WeightsInfo]:
+    """The model of ``model_cfg`` (without :data:`WEIGHT_KEYS`) built for ``input_shape`` with ``seed``, with
+    the weights of ``model.checkpoint`` or, for ``model.state=trained``, of the newest matching checkpoint.
+
+    ``num_outputs=None`` lets the builder choose, or takes the checkpoint's head size when one is loaded.
+    """
+    checkpoint = model_cfg.get("checkpoint")
+    state = model_state(model_cfg)
+    if checkpoint:
+        path: Path | None = Path(str(checkpoint))
+    else:
+        path = STATES[state](model_cfg, dataset_name, results_dir, tuple(input_shape), num_outputs)
+    if path is None:
+        model = _instantiate(model_cfg, input_shape, seed, num_outputs)
+        return model, WeightsInfo(weights=f"untrained:{builder_config(model_cfg).get('init', 'default')}")
+    meta = read_checkpoint(path)
+    if num_outputs is None:
+        num_outputs = int(meta.get("num_outputs", 1))
+    model = _instantiate(model_cfg, input_shape, seed, num_outputs)
+    _load_checked(meta, path, model, model_cfg, input_shape)
+    return model, WeightsInfo(weights=f"checkpoint:{path}", weights_hash=weights_hash(path), checkpoint=str(path))
+
+
+def rank_note(model_cfg: Mapping[str, Any], trained: nn.Module, input_shape: Sequence[int], seed: int,
+              num_outputs: int | None = None, max_unknowns: int = RANK_NOTE_MAX_UNKNOWNS) -> str:
+    """Per-layer numerical ranks of ``trained`` vs the same architecture with its untrained (seeded) weights.
+
+    ``conv2: 3100 trained vs 3188 untrained (of 3468 unknowns)`` per differing layer joined by ``; ``, or
+    ``ranks equal``; layers with more than ``max_unknowns`` unknowns are named as not computed.
+    """
+    from rgap.rank import rank_analysis  # rgap.rank builds models through this module
+
+    untrained = _instantiate(model_cfg, input_shape, seed, num_outputs)
+    after = rank_analysis(trained, input_shape, seed=seed, max_unknowns=max_unknowns)
+    before = rank_analysis(untrained, input_shape, seed=seed, max_unknowns=max_unknowns)
+    if all(row.rank is None for row in after):
+        note = next((row.note for row in after if row.note), "")
+        return f"ranks not computed{': ' + note if note else ''}"
+    differing = [f"{a.layer}: {a.rank} trained vs {b.rank} untrained (of {a.unknowns} unknowns)"
+                 for a, b in zip(after, before, strict=True) if a.rank is not None and a.rank != b.rank]
+    note = "; ".join(differing) or "ranks equal"
+    skipped = [a.layer for a in after if a.rank is None]
+    if skipped:
+        note += f"; not computed (> {max_unknowns} unknowns): {', '.join(skipped)}"
+    return note
+
+
+def add_rank_note(weights: WeightsInfo, model_cfg: Mapping[str, Any], model: nn.Module, input_shape: Sequence[int],
+                  seed: int, num_outputs: int | None, attack: str) -> WeightsInfo:
+    """``weights`` with its ``rank_note`` filled for checkpoint weights under an R-GAP attack when
+    ``model.rank_check`` is true (the default); unchanged otherwise."""
+    if weights.checkpoint is None or attack not in RANK_NOTE_ATTACKS or not model_cfg.get("rank_check", True):
+        return weights
+    key = json.dumps([weights.weights_hash, builder_config(model_cfg), [int(v) for v in input_shape], int(seed),
+                      num_outputs], sort_keys=True, default=str)
+    if key not in _RANK_NOTES:  # a sweep attacks many images with the same weights: analyse them once
+        _RANK_NOTES[key] = rank_note(model_cfg, model, input_shape, seed, num_outputs)
+    return replace(weights, rank_note=_RANK_NOTES[key])
+
+
+#: rank notes already computed in this process, keyed by weights hash, model config, input shape, seed, outputs.
+_RANK_NOTES: dict[str, str] = {}
