@@ -21,6 +21,9 @@ from rgap.errors import UserInputError
 from rgap.schema import ROW_COLUMNS
 from rgap.sweep import completed_rows
 
+#: Columns read as text: hashes and label lists that pandas would otherwise turn into numbers.
+TEXT_COLUMNS = {c: str for c in ("indices", "labels", "attack_labels", "matching", "config_hash", "weights_hash",
+                                 "git_commit", "defense_params")}
 GROUP = ["attack", "model", "dataset", "batch_size", "defense", "defense_params", "weights"]
 METRICS = ["mse", "psnr", "ssim", "lpips", "label_acc", "time_s"]
 
@@ -36,8 +39,7 @@ def load_rows(sweep_dir: str | Path) -> pd.DataFrame:
             f"{sweep_dir.resolve()} holds no trial rows (expected trials/<hash>/row.csv, written by "
             "`python -m runners.benchmark -m ...`); is it a sweep directory, and has any trial finished?"
         )
-    frames = [pd.read_csv(p, dtype={"indices": str, "labels": str, "attack_labels": str, "matching": str})
-              for p in paths]
+    frames = [pd.read_csv(p, dtype=TEXT_COLUMNS) for p in paths]
     table = pd.concat(frames, ignore_index=True)
     missing = [c for c in ROW_COLUMNS if c not in table.columns]
     if missing:
