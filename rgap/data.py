@@ -238,13 +238,13 @@ def _photo_patches(img: np.ndarray, short: int = 64, patch: int = 32) -> list[np
     ]
 
 
-@functools.lru_cache(maxsize=1)
-def _sample_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """Build (and cache) the ``sample`` images ``[32, 3, 32, 32]`` and their photo indices ``[32]``."""
+@functools.lru_cache(maxsize=4)
+def _sample_tensors(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build (and cache) the ``sample`` images ``[32, 3, size, size]`` and their photo indices ``[32]``."""
     images: list[np.ndarray] = []
     photo: list[int] = []
     for p, (name, _) in enumerate(SAMPLE_PHOTOS):
-        for crop in _photo_patches(_load_skimage_photo(name)):
+        for crop in _photo_patches(_load_skimage_photo(name), short=2 * size, patch=size):
             images.append(crop)
             photo.append(p)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
@@ -268,9 +268,10 @@ def _sample_gray_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return x, labels
 
 
-def load_sample(num_classes: int = 2) -> ImageSet:
-    """Offline RGB set: 32 images 3x32x32, the four 32x32 quadrants of the central 64x64 square of
-    each of the 8 :data:`SAMPLE_PHOTOS` (resized so the short side is 64).
+def load_sample(num_classes: int = 2, size: int = 32) -> ImageSet:
+    """Offline RGB set: 32 images 3 x size x size, the four quadrants of the central (2 size) square of
+    each of the 8 :data:`SAMPLE_PHOTOS` (resized so the short side is 2 size). ``size=32`` (the default)
+    gives the historical 3x32x32 set; larger sizes cut the same quadrants at a higher resolution.
 
     ``num_classes=2``: 0 = non-living (coffee, rocket, motorcycle, hubble_deep_field), 1 = living
     (astronaut, chelsea, retina, immunohistochemistry). ``num_classes=8``: label = photo index.
@@ -281,7 +282,9 @@ def load_sample(num_classes: int = 2) -> ImageSet:
             f"dataset 'sample' supports num_classes=2 (non-living/living) or num_classes={n_photos} "
             f"(one class per source photo), got num_classes={num_classes}."
         )
-    images, photo = _sample_tensors()
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UserInputError(f"dataset 'sample' needs a positive integer image size, got size={size!r}.")
+    images, photo = _sample_tensors(size)
     if num_classes == 2:
         binary = torch.tensor([label for _, label in SAMPLE_PHOTOS], dtype=torch.int64)
         return TensorImageSet("sample", images, binary[photo], SAMPLE_BINARY_CLASS_NAMES)

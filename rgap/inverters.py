@@ -12,6 +12,10 @@ R-GAP solves the stacked least-squares problem. We never form the stacked matrix
   convolution and its transpose (torch conv ops, no Python loops over pixels).
 
 ``stacked_system`` forms the dense matrix anyway; it exists for tests and small rank checks.
+
+Layers with more unknowns than ``SolveOptions.dense_limit`` never form an N x N matrix: ``normal_operator``
+describes ``G`` by its product with a vector (Conv2d: one ``unfold``, small GEMMs and one ``fold``) and
+``rgap.matfree`` solves by conjugate gradients.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgap.errors import UnsupportedLayerError
-from rgap.solvers import Solution, solve_gram
+from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
+from rgap.solvers import Solution, SolveOptions, solve_gram
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,25 @@ class LayerInverter(ABC):
         rhs = wk * rhs + wa * self.input_vjp(z.reshape(self.output_shape)).reshape(-1)
         return wk * gram + wa * weight_gram, rhs
 
-    def solve(
+    @abstractmethod
+    def normal_operator(
         self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
+    ) -> NormalOperator:
+        """The normal equations of ``normal_equations`` in float64 without forming any N x N matrix."""
+
+    def solve(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False,
+        options: SolveOptions | None = None,
     ) -> Solution:
-        """Least-squares input from the stacked gradient and weight constraints."""
+        """Least-squares input from the stacked gradient and weight constraints.
+
+        Dense (Cholesky / minimum-norm eigen-solve) unless ``options`` is given and the layer has more than
+        ``options.dense_limit`` unknowns: then matrix-free conjugate gradients (``rgap.matfree``).
+        """
+        if options is not None and self.n > options.dense_limit:
+            solution = solve_normal(self.normal_operator(k, grad_w, z, balance), options)
+            solution.x = solution.x.to(k.dtype)
+            return solution
         gram, rhs = self.normal_equations(k, grad_w, z, balance)
         return solve_gram(gram, rhs)
 
@@ -176,15 +196,48 @@ class LinearInverter(LayerInverter):
         w = self.weight(like)
         return w.T @ w
 
-    def solve(
+    def normal_operator(
         self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
+    ) -> NormalOperator:
+        """``G v = wk |k|^2 v + wa W^T (W v)``; diagonal ``wk |k|^2 + wa colsum(W^2)``."""
+        k = k.to(torch.float64).reshape(-1)
+        alpha = float(k @ k)
+        rhs = grad_w.to(k).reshape(k.numel(), self.n).T @ k
+        if z is None:
+            return NormalOperator(lambda v: alpha * v, rhs, torch.full_like(rhs, alpha))
+        w = self.weight(k)
+        col_sq = (w * w).sum(0)
+        wk, wa = (balance_weight(self.n, self.n * alpha), balance_weight(self.n, float(col_sq.sum()))) \
+            if balance else (1.0, 1.0)
+        rhs = wk * rhs + wa * (w.T @ z.to(k).reshape(-1))
+        small, out = torch.empty(w.shape[0], dtype=k.dtype, device=k.device), torch.empty_like(rhs)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:  # into fixed buffers (see rgap.matfree)
+            torch.mv(w, v, out=small)
+            torch.mv(w.T, small, out=out)
+            return out.mul_(wa).add_(v, alpha=wk * alpha)
+
+        return NormalOperator(matvec, rhs, wk * alpha + wa * col_sq, (wk, wa))
+
+    def solve(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False,
+        options: SolveOptions | None = None,
     ) -> Solution:
-        """Woodbury identity when the layer is wide: (aI + W^T W)^-1 needs only an n_out x n_out solve."""
+        """Woodbury identity when the layer is wide: (aI + W^T W)^-1 needs only an n_out x n_out solve.
+
+        With ``options``, the n_out x n_out system counts against ``dense_limit`` too: a layer with more
+        than ``dense_limit`` unknowns and outputs goes to the matrix-free path instead.
+        """
         k = k.reshape(-1)
         alpha = k @ k
         w = self.weight(k)
-        if z is None or float(alpha) == 0.0 or w.shape[0] >= self.n:
-            return super().solve(k, grad_w, z, balance)
+        if z is None and float(alpha) > 0.0:
+            # Gradient constraints alone: K^T K = |k|^2 I, so x = dW^T k / |k|^2 (no N x N matrix).
+            x = grad_w.reshape(k.numel(), self.n).T @ k / alpha
+            return Solution(x, self.n, self.n, "direct")
+        too_big = options is not None and self.n > options.dense_limit and w.shape[0] > options.dense_limit
+        if z is None or float(alpha) == 0.0 or w.shape[0] >= self.n or too_big:
+            return super().solve(k, grad_w, z, balance, options)
         # Blocks weighted as in ``block_weight``: trace(K^T K) = n |k|^2 and trace(A^T A) = |W|_F^2.
         wk, wa = (1.0 / alpha, self.n / (w * w).sum()) if balance else (1.0, 1.0)
         a, w = wk * alpha, w * wa**0.5
@@ -214,6 +267,39 @@ class Conv2dInverter(LayerInverter):
         k = k.reshape(1, *self.output_shape)
         out = torch.nn.grad.conv2d_input((1, *self.input_shape), self.weight(k), k, self.stride, self.padding)
         return out[0]
+
+    def _fold(self, cols: torch.Tensor) -> torch.Tensor:
+        """Adjoint of ``F.unfold``: sum patch columns [C*kh*kw, L] back onto the (unpadded) input, flat."""
+        out = F.fold(cols.unsqueeze(0), self.input_shape[1:], self.kernel, padding=self.padding, stride=self.stride)
+        return out.reshape(-1)
+
+    def normal_operator(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
+    ) -> NormalOperator:
+        """Matrix-free normal equations on patch matrices ``P = unfold(v)`` ([C*kh*kw, L]), see ``PatchProduct``.
+
+        With ``Wm = W.reshape(F, C*kh*kw)`` and ``k`` as [F, L]: ``A v = Wm P``, ``K v = k P^T`` (= dl/dW) and
+        both adjoints are ``fold`` of a patch matrix, so ``G v = fold(wa (Wm^T Wm) P + wk (P k^T) k)``.
+        Diagonals: ``diag(A^T A) = fold(colsum(Wm^2) 1^T)``, ``diag(K^T K) = fold(1 |k_o|^2)``.
+        """
+        k = k.to(torch.float64)
+        n_out, cols = self.output_shape[0], self.input_shape[0] * self.kernel[0] * self.kernel[1]
+        kmat = k.reshape(n_out, -1)  # [F, L]
+        gmat = grad_w.to(k).reshape(n_out, cols)
+        diag_k = self._fold((kmat * kmat).sum(0).expand(cols, -1))
+        rhs_cols = gmat.T @ kmat
+        if z is None:
+            product = PatchProduct(self.input_shape, self.kernel, self.stride, self.padding, None, kmat)
+            return NormalOperator(product, self._fold(rhs_cols), diag_k)
+        wmat = self.weight(k).reshape(n_out, cols)
+        diag_a = self._fold((wmat * wmat).sum(0).unsqueeze(1).expand(-1, kmat.shape[1]))
+        wk, wa = (balance_weight(self.n, float(diag_k.sum())), balance_weight(self.n, float(diag_a.sum()))) \
+            if balance else (1.0, 1.0)
+        patch_gram = wa * (wmat.T @ wmat)  # [C*kh*kw, C*kh*kw]
+        product = PatchProduct(self.input_shape, self.kernel, self.stride, self.padding, patch_gram,
+                               wk**0.5 * kmat)
+        rhs = self._fold(wk * rhs_cols + wa * (wmat.T @ z.to(k).reshape(n_out, -1)))
+        return NormalOperator(product, rhs, wk * diag_k + wa * diag_a, (wk, wa))
 
     def _channel_block(self, k: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """dl/dW[f, c, :, :] for single-channel ``images`` [N, H, W]: a dilated correlation with ``k``."""

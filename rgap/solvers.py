@@ -12,14 +12,45 @@ import torch
 RCOND = 1e-7
 
 
+@dataclass(frozen=True)
+class SolveOptions:
+    """How a layer's normal equations are solved.
+
+    Layers with at most ``dense_limit`` unknowns form the dense Gram matrix (Cholesky, or a minimum-norm
+    eigen-solve when rank-deficient); larger layers are solved matrix-free by conjugate gradients on the
+    normal equations to a relative residual ``cg_tol`` (at most ``cg_maxiter`` iterations), see
+    ``rgap.matfree``. ``preconditioner`` is ``"jacobi"`` (diagonal of the normal matrix) or ``"none"``; only
+    ``"none"`` returns the minimum-norm solution of a rank-deficient layer (as the dense path does).
+    """
+
+    dense_limit: int = 4096
+    cg_tol: float = 1e-12
+    cg_maxiter: int = 20000
+    preconditioner: str = "none"
+
+
 @dataclass
 class Solution:
-    """Result of one layer solve: ``x`` plus how it was obtained."""
+    """Result of one layer solve: ``x`` plus how it was obtained.
+
+    ``method`` is "cholesky", "woodbury", "direct", "pinv" (minimum-norm solution of a rank-deficient
+    system) or "cg" (matrix-free conjugate gradients, ``rgap.matfree``). CG does not compute the rank: it
+    reports ``rank = n`` with ``rank_computed = False``, plus ``iterations``, the final relative residual
+    ``|b - G x| / |b|`` of the normal equations (recomputed, not CG's recursive estimate), ``converged``
+    (False: ``cg_maxiter`` was reached or CG broke down, and ``x`` is the last iterate) and ``cond``, the
+    condition number of the (preconditioned) normal matrix estimated from CG's Lanczos tridiagonal matrix
+    (a lower bound).
+    """
 
     x: torch.Tensor
     rank: int
     n: int
-    method: str  # "cholesky", "woodbury" or "pinv" (minimum-norm solution of a rank-deficient system)
+    method: str
+    rank_computed: bool = True
+    iterations: int | None = None
+    residual: float | None = None
+    cond: float | None = None
+    converged: bool | None = None
 
 
 def singular_values_from_gram(gram: torch.Tensor) -> np.ndarray:
