@@ -191,14 +191,20 @@ def _residual_target(start: TopStart, given: torch.Tensor | None, combined: bool
 
 
 def _describe(stage: Stage, solution: Solution, clipped: int = 0) -> str:
-    """``name:rank/n:method`` plus CG iterations and conditioning, and clipped activations, where present."""
-    text = f"{stage.name}:{solution.rank}/{solution.n}:{solution.method}"
-    iterations = getattr(solution, "iterations", None)
-    if iterations is not None:
-        text += f":it={iterations}"
-    cond = getattr(solution, "cond", None)
-    if cond is not None:
-        text += f":cond={cond:.2g}"
+    """``name:rank/n:method``, plus for CG the iterations, residual, condition estimate and convergence.
+
+    CG does not compute the rank: it is shown as ``?/n``.
+    """
+    rank = solution.rank if solution.rank_computed else "?"
+    text = f"{stage.name}:{rank}/{solution.n}:{solution.method}"
+    if solution.iterations is not None:
+        text += f":it={solution.iterations}"
+    if solution.residual is not None:
+        text += f":res={solution.residual:.1e}"
+    if solution.cond is not None:
+        text += f":cond={solution.cond:.2g}"
+    if solution.converged is False:
+        text += ":NOT-converged"
     return text + f":clipped={clipped}" if clipped else text
 
 
