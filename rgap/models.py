@@ -140,6 +140,20 @@ def cnn6d(input_shape: Sequence[int], seed: int = 0, init: str = "default", init
                     init_std=init_std, bias=bias, num_classes=num_classes)
 
 
+def cnn6w(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_std: float = 0.01,
+          slope: float = 0.2, num_outputs: int = 1, bias: bool = False,
+          num_classes: int | None = None) -> nn.Sequential:
+    """CNN6-W: CNN6 with its stride-2 convs conv2 and conv5 widened to 4x their input channels (48, 192).
+
+    A stride-2 conv keeps as many outputs as inputs only with 4x the channels; CNN6's conv2 (12 -> 36) leans on
+    its gradient constraints, which suffice at 32 px but not at 64 or 128 px, where R-GAP's system turns
+    rank-deficient. CNN6-W stays full rank at any input size (see ``runners.rank``).
+    """
+    convs = [(12, 4, 2, 2), (48, 3, 2, 1), (48, 3, 1, 1), (48, 3, 1, 1), (192, 3, 2, 1), (128, 3, 1, 1)]
+    return conv_net(input_shape, convs, slope=slope, num_outputs=num_outputs, seed=seed, init=init,
+                    init_std=init_std, bias=bias, num_classes=num_classes)
+
+
 def lenet(input_shape: Sequence[int], seed: int = 0, init: str = "normal", init_std: float = 0.01,
           num_outputs: int = 1, bias: bool = False, num_classes: int | None = None) -> nn.Sequential:
     """LeNet with Sigmoid activations (reference code, branch ``dev``; also DLG's and iDLG's victim)."""

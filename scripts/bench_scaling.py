@@ -2,7 +2,7 @@
 
     python -m scripts.bench_scaling --sizes 32 64 128 --images 2 [--threads 2] [--dense-limit 4096]
 
-Each size runs in a fresh child process (so its peak resident memory, VmHWM, is its own): CNN6 built for
+Each size runs in a fresh child process (so its peak resident memory, VmHWM, is its own): CNN6 (or --model) built for
 3 x size x size, ``load_sample(size=...)`` images, float64 gradients with the reversed label, R-GAP with the
 given solve options. Prints per size the median seconds per image (attack only), the child's peak RSS, the
 median PSNR, and per layer the constraint counts (|x| unknowns vs |W| + |z| constraints) and how the layer
@@ -56,7 +56,7 @@ def run_size(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     size = args.child
     dataset = load_sample(size=size)
-    model = models.cnn6(dataset.shape, seed=args.seed)
+    model = getattr(models, args.model)(dataset.shape, seed=args.seed)
     stages = parse_stages(model, dataset.shape)
     counts = {}
     for stage in stages:
@@ -99,7 +99,8 @@ def run_size(args: argparse.Namespace) -> dict:
 def _child_command(args: argparse.Namespace, size: int) -> list[str]:
     return [sys.executable, "-m", "scripts.bench_scaling", "--child", str(size), "--images", str(args.images),
             "--threads", str(args.threads), "--dense-limit", str(args.dense_limit), "--cg-tol", repr(args.cg_tol),
-            "--cg-maxiter", str(args.cg_maxiter), "--preconditioner", args.preconditioner, "--seed", str(args.seed)]
+            "--cg-maxiter", str(args.cg_maxiter), "--preconditioner", args.preconditioner, "--seed", str(args.seed),
+            "--model", args.model]
 
 
 def fit_exponent(pixels: list[float], values: list[float]) -> float:
@@ -132,6 +133,7 @@ def _layer_lines(res: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--model", default="cnn6", choices=["cnn6", "cnn6d", "cnn6w"], help="CNN6-style network")
     parser.add_argument("--images", type=int, default=2, help="images per size (the first ones of the set)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the CI box)")
     parser.add_argument("--dense-limit", type=int, default=4096, help="layers with more unknowns use CG")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load_start = os.getloadavg()[0]
-    print(f"R-GAP scaling on CNN6 / sample photos, {args.images} images per size, {args.threads} threads, "
+    print(f"R-GAP scaling on {args.model} / sample photos, {args.images} images per size, {args.threads} threads, "
           f"dense_limit={args.dense_limit}, cg_tol={args.cg_tol:g}, cg_maxiter={args.cg_maxiter}, "
           f"preconditioner={args.preconditioner}, torch {torch.__version__}; load average {load_start:.2f}", flush=True)
     results = []
