@@ -1,7 +1,7 @@
 """Render a sweep's rows as the paper's tables (Markdown and CSV).
 
     python -m scripts.paper_tables <sweep dir> --experiment {table1,rank,noise,labels} [--out DIR]
-        [--rank-csv PATH] [--param scale] [--psnr-threshold 30]
+        [--rank-csv PATH] [--param scale] [--psnr-threshold 30] [--note TEXT]
 
 Reads ``<sweep dir>/trials.csv`` (or collects the rows with ``scripts.collect.load_rows`` when it is missing) and
 writes ``<out>/<experiment>.md`` and ``<out>/<experiment>.csv`` (default ``--out``: the sweep directory).
@@ -43,7 +43,9 @@ FIGURE_PARAMS = {"rankfig_a": 3556, "rankfig_b": 2667, "rankfig_c": 1262144, "ra
 #: iDLG paper, Table 1 (README of PatrickZH/Improved-Deep-Leakage-from-Gradients): label accuracy in %.
 PAPER_IDLG = {"MNIST": {"dlg": 89.9, "idlg": 100.0}, "CIFAR-100": {"dlg": 83.3, "idlg": 100.0},
               "LFW": {"dlg": 79.1, "idlg": 100.0}}
-PAPER_GROUP = "paper (iDLG, Table 1)"
+PAPER_GROUP = "iDLG paper, Table 1"
+#: The iDLG paper's datasets that this project can load, and their dataset config names.
+PAPER_MATCH = {"MNIST": "mnist"}
 STRING_COLUMNS = ("indices", "labels", "attack_labels", "matching", "config_hash", "defense_params", "metric_notes",
                   "reason", "attack_info", "status", "attack", "model", "dataset", "defense", "labels_given")
 NUMERIC_COLUMNS = ("batch_size", "index", "seed", "mse", "psnr", "ssim", "lpips", "label_acc", "time_s")
@@ -327,30 +329,52 @@ def render_table1(trials: pd.DataFrame) -> Rendered:
 
 
 def render_labels(trials: pd.DataFrame) -> Rendered:
-    """Label accuracy (mean, %) of DLG and iDLG per dataset, with the iDLG paper's Table 1 next to it."""
+    """Label accuracy (mean, %) of DLG and iDLG: one row per dataset, ours beside the iDLG paper's Table 1.
+
+    Rows: every dataset (and batch size) of the sweep, then the paper's datasets this sweep did not run (MNIST
+    when absent, CIFAR-100 and LFW always: this project has no loader for them), whose own cells say "not run".
+    """
     trials = trials[trials["attack"].isin(["dlg", "idlg"])]
     if trials.empty:
         raise UserInputError("the labels table needs dlg or idlg trials; this sweep has none.")
     columns = column_keys(trials, "dataset")
     notes = Footnotes()
+    attacks = ("dlg", "idlg")
     rows = []
-    for attack in attack_order(trials["attack"]):
-        mine = trials[trials["attack"] == attack]
-        row = {"attack": display(attack)}
-        for key, label in columns.items():
-            cell = select(mine, key)
-            row[f"ours: {label}"] = stat_cell(cell.assign(label_acc=cell["label_acc"] * 100), "label_acc",
-                                              fixed(".1f"), notes, stat="mean", unit=" %")
-        for dataset, values in PAPER_IDLG.items():
-            row[f"{PAPER_GROUP}: {dataset}"] = f"{values[attack]:.1f} %" if attack in values else EMPTY
+    ran_paper_sets = set()
+    for key, label in columns.items():
+        cell_rows = select(trials, key)
+        paper_name = next((p for p, ours in PAPER_MATCH.items() if ours == key[1]), None)
+        row = {"data": label if paper_name is None else f"{label} ({paper_name})"}
+        for attack in attacks:
+            mine = cell_rows[cell_rows["attack"] == attack]
+            row[f"{display(attack)} (ours)"] = stat_cell(mine.assign(label_acc=mine["label_acc"] * 100), "label_acc",
+                                                         fixed(".1f"), notes, stat="mean", unit=" %")
+        for attack in attacks:
+            value = PAPER_IDLG.get(paper_name or "", {}).get(attack)
+            row[f"{display(attack)} ({PAPER_GROUP})"] = EMPTY if value is None else f"{value:.1f} %"
+        if paper_name:
+            ran_paper_sets.add(paper_name)
+        rows.append(row)
+    for paper_name, values in PAPER_IDLG.items():
+        if paper_name in ran_paper_sets:
+            continue
+        why = (f"{paper_name}: not run, this project has no {paper_name} loader" if paper_name not in PAPER_MATCH
+               else f"{paper_name}: not run in this sweep (dataset={PAPER_MATCH[paper_name]} needs its files; "
+               "see conf/experiment/paper_idlg_labels.yaml)")
+        row = {"data": paper_name}
+        for attack in attacks:
+            row[f"{display(attack)} (ours)"] = "not run" + notes.ref(why)
+        for attack in attacks:
+            row[f"{display(attack)} ({PAPER_GROUP})"] = f"{values[attack]:.1f} %"
         rows.append(row)
     frame = pd.DataFrame(rows)
     given = trials[(trials["status"] == "ok") & trials["labels_given"].astype(str).str.lower().eq("true")]
-    caption = ("Cells: mean label accuracy over the ok trials in % (n = ok trials with a value); unsupported and "
-               "failed trials are counted, never averaged. The columns headed "
-               f"\"{PAPER_GROUP}\" are the iDLG paper's reported numbers (MNIST, CIFAR-100 and LFW with the "
-               "iDLG authors' setup), shown for reference only: they are not reproduced by this sweep, whose "
-               "datasets are the \"ours\" columns.")
+    caption = ("Cells \"(ours)\": mean label accuracy over the ok trials in % (n = ok trials with a value); "
+               "unsupported and failed trials are counted, never averaged. The columns headed "
+               f"\"({PAPER_GROUP})\" are the iDLG paper's reported numbers (its own setup: LeNet, 300 L-BFGS "
+               "iterations, MNIST, CIFAR-100 and LFW), shown for reference: only where a row names the same "
+               "dataset are the two comparable.")
     if not given.empty:
         caption += f" {len(given)} ok trial(s) were given the true labels (labels_given), so scored trivially."
     parts = ["# Label accuracy: DLG vs iDLG", "", caption, "", markdown_table(frame), ""]
@@ -388,14 +412,47 @@ def psnr_median(rows: pd.DataFrame) -> tuple[float, int]:
     return (float(values.median()) if len(values) else math.nan), len(values)
 
 
-def rank_summary(trials: pd.DataFrame, rank: pd.DataFrame, threshold: float = 30.0) -> pd.DataFrame:
-    """One row per model (sorted): rank counts and deficiency, prediction, median PSNR per attack, agreement.
+def _per_layer(layers: pd.DataFrame, column: str, signed: bool = True, nonzero: bool = False) -> str:
+    """``conv1 -484; fc1 -1``: one value of ``column`` per layer, input layer first (``nonzero``: only layers
+    whose value is not 0; ``""`` when none is)."""
+    parts = []
+    for name, value in zip(layers["layer"], layers[column], strict=True):
+        if nonzero and not pd.isna(value) and int(value) == 0:
+            continue
+        parts.append(f"{name} {'n/a' if pd.isna(value) else format(int(value), '+d' if signed else 'd')}")
+    return "; ".join(parts)
 
-    ``predicted`` is ``unsupported`` if any layer is, ``deficient`` if any layer's count index_v > 0, else
-    ``determined``; ``deficiency`` is the sum of the layers' numerical deficiencies (NA if none was computed,
-    ``deficiency_missing`` counts the layers without one). ``observed`` is ``ok`` when R-GAP's median PSNR
-    reaches ``threshold``, ``noisy`` below it, or the trials' status when R-GAP has no ok trial; ``agrees`` is
-    whether "determined" and "ok" go together.
+
+def observed(rows: pd.DataFrame, threshold: float) -> tuple[float, int, str]:
+    """Median PSNR, ok trials with a PSNR, and ``ok`` (median >= ``threshold``) / ``noisy`` / the statuses /
+    ``no trials`` for the trials of one attack on one network."""
+    median, n_ok = psnr_median(rows)
+    if n_ok:
+        return median, n_ok, "ok" if median >= threshold else "noisy"
+    if rows.empty:
+        return median, n_ok, "no trials"
+    return median, n_ok, "/".join(sorted(set(rows["status"])))
+
+
+def _agrees(predicted: object, seen: str, positive: str) -> object:
+    """``yes`` when the prediction (``positive`` = recoverable) and the observation (``ok``) go together."""
+    if pd.isna(predicted) or seen not in ("ok", "noisy") or predicted == "n/a":
+        return pd.NA
+    return "yes" if (predicted == positive) == (seen == "ok") else "no"
+
+
+def rank_summary(trials: pd.DataFrame, rank: pd.DataFrame, threshold: float = 30.0) -> pd.DataFrame:
+    """One row per model (sorted): rank counts and deficiency, both predictions, and per attack its median PSNR,
+    what was observed and whether each prediction agrees.
+
+    ``predicted_count`` (``predicted`` is the same column, kept for readers of older tables) is ``unsupported``
+    if any layer is, ``deficient`` if any layer's count with virtual constraints ``index_v`` is > 0, else
+    ``determined``. ``predicted_rank`` is ``deficient`` when the layers' numerical deficiencies add up to > 0,
+    ``full rank`` when they are all 0, ``n/a`` when a layer has none (``deficiency_missing`` counts those).
+    Per attack ``a``: ``a_psnr_median``, ``a_n`` (ok trials), ``a_observed`` (``ok`` when the median PSNR
+    reaches ``threshold``, ``noisy`` below, else the trials' statuses), ``a_agrees_count`` and
+    ``a_agrees_rank`` (``yes`` when "determined"/"full rank" goes with "ok"). ``observed``/``agrees`` repeat
+    R-GAP's (the attack the layer-wise analysis is about).
     """
     attacks = attack_order(trials["attack"])
     rows = []
@@ -405,33 +462,34 @@ def rank_summary(trials: pd.DataFrame, rank: pd.DataFrame, threshold: float = 30
         total = layers["total_params"].dropna() if "total_params" in layers else pd.Series(dtype=float)
         row["total_params"] = int(total.iloc[0]) if len(total) else pd.NA
         if layers.empty:
-            row.update(worst_layer=pd.NA, worst_index_v=pd.NA, deficiency=pd.NA, deficiency_missing=pd.NA,
-                       predicted=pd.NA)
+            row.update(index_per_layer=pd.NA, index_v_per_layer=pd.NA, deficiency_per_layer=pd.NA,
+                       worst_layer=pd.NA, worst_index_v=pd.NA, deficiency=pd.NA, deficiency_missing=pd.NA,
+                       predicted_count=pd.NA, predicted_rank=pd.NA)
         else:
             worst = layers.loc[pd.to_numeric(layers["index_v"]).idxmax()]
             deficiency = pd.to_numeric(layers["deficiency"], errors="coerce")
             predicted = set(layers["predicted"].astype(str))
-            row.update(worst_layer=worst["layer"], worst_index_v=int(worst["index_v"]),
-                       deficiency=int(deficiency.sum()) if deficiency.notna().any() else pd.NA,
-                       deficiency_missing=int(deficiency.isna().sum()),
-                       predicted="unsupported" if "unsupported" in predicted
-                       else "deficient" if "deficient" in predicted else "determined")
+            missing = int(deficiency.isna().sum())
+            total_deficiency = int(deficiency.sum()) if deficiency.notna().any() else pd.NA
+            row.update(index_per_layer=_per_layer(layers, "index"),
+                       index_v_per_layer=_per_layer(layers, "index_v"),
+                       deficiency_per_layer=_per_layer(layers, "deficiency", signed=False, nonzero=True),
+                       worst_layer=worst["layer"], worst_index_v=int(worst["index_v"]),
+                       deficiency=total_deficiency, deficiency_missing=missing,
+                       predicted_count="unsupported" if "unsupported" in predicted
+                       else "deficient" if "deficient" in predicted else "determined",
+                       predicted_rank="n/a" if missing or pd.isna(total_deficiency)
+                       else "deficient" if total_deficiency > 0 else "full rank")
+        row["predicted"] = row["predicted_count"]
         mine = trials[trials["model"] == model]
         for attack in attacks:
-            row[f"{attack}_psnr_median"], row[f"{attack}_n"] = psnr_median(mine[mine["attack"] == attack])
-        rgap = mine[mine["attack"] == "rgap"]
-        median, n_ok = psnr_median(rgap)
-        if n_ok:
-            observed = "ok" if median >= threshold else "noisy"
-        elif rgap.empty:
-            observed = "no trials"
-        else:
-            observed = "/".join(sorted(set(rgap["status"])))
-        row["observed"] = observed
-        if observed == "no trials" or pd.isna(row["predicted"]):
-            row["agrees"] = pd.NA
-        else:
-            row["agrees"] = "yes" if (row["predicted"] == "determined") == (observed == "ok") else "no"
+            median, n_ok, seen = observed(mine[mine["attack"] == attack], threshold)
+            row[f"{attack}_psnr_median"], row[f"{attack}_n"], row[f"{attack}_observed"] = median, n_ok, seen
+            row[f"{attack}_agrees_count"] = _agrees(row["predicted_count"], seen, "determined")
+            row[f"{attack}_agrees_rank"] = _agrees(row["predicted_rank"], seen, "full rank")
+        rgap_seen = observed(mine[mine["attack"] == "rgap"], threshold)[2]
+        row["observed"] = rgap_seen
+        row["agrees"] = _agrees(row["predicted_count"], rgap_seen, "determined")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -441,36 +499,69 @@ def _int_or_blank(value: object) -> str:
     return "" if pd.isna(value) else f"{int(value)}"
 
 
+def _blank(value: object) -> str:
+    """The value as text, or an empty string when missing."""
+    return "" if pd.isna(value) else str(value)
+
+
 def render_rank(trials: pd.DataFrame, rank: pd.DataFrame, threshold: float) -> Rendered:
-    """Rank prediction per model joined with the attacks' median PSNR."""
+    """The rank analysis per network (counts per layer, numerical deficiency, both predictions), then each
+    attack's median PSNR against those predictions; the CSV has one row per (network, attack)."""
     summary = rank_summary(trials, rank, threshold)
     attacks = attack_order(trials["attack"])
-    shown = []
+    analysis, outcome, long_rows = [], [], []
     for row in summary.to_dict("records"):
         deficiency = "n/a" if pd.isna(row["deficiency"]) else str(row["deficiency"])
         if not pd.isna(row["deficiency"]) and row["deficiency_missing"]:
             deficiency += f" ({row['deficiency_missing']} layer(s) n/a)"
-        worst = "" if pd.isna(row["worst_index_v"]) else f"{row['worst_index_v']:+d} ({row['worst_layer']})"
-        out = {"model": row["model"], "figure |W|": _int_or_blank(row["figure_params"]),
-               "our |W|": _int_or_blank(row["total_params"]), "worst layer index_v": worst,
-               "numerical deficiency": deficiency, "predicted": "" if pd.isna(row["predicted"]) else row["predicted"]}
+        if not pd.isna(row["deficiency_per_layer"]) and not pd.isna(row["deficiency"]) and row["deficiency"]:
+            deficiency += f" ({row['deficiency_per_layer']})"
+        analysis.append({
+            "network": row["model"], "figure |W|": _int_or_blank(row["figure_params"]),
+            "our |W|": _int_or_blank(row["total_params"]),
+            "|x|-|W|-|z| per layer": _blank(row["index_per_layer"]),
+            "|x|-|W|-|z|-|V| per layer": _blank(row["index_v_per_layer"]),
+            "numerical deficiency": deficiency, "predicted (count)": _blank(row["predicted_count"]),
+            "predicted (numerical rank)": _blank(row["predicted_rank"])})
         for attack in attacks:
             median, n = row[f"{attack}_psnr_median"], row[f"{attack}_n"]
-            out[f"{display(attack)} PSNR median"] = EMPTY if not n else f"{median:.1f} (n={n})"
-        out["observed"] = row["observed"]
-        out["agrees"] = "" if pd.isna(row["agrees"]) else row["agrees"]
-        shown.append(out)
-    frame = pd.DataFrame(shown)
+            outcome.append({
+                "network": row["model"], "attack": display(attack),
+                "PSNR median (dB)": EMPTY if not n else f"{median:.1f} (n={n})",
+                f"observed (>= {threshold:g} dB)": row[f"{attack}_observed"],
+                "count right?": _blank(row[f"{attack}_agrees_count"]),
+                "numerical rank right?": _blank(row[f"{attack}_agrees_rank"])})
+            long_rows.append({
+                "model": row["model"], "figure_|W|": row["figure_params"], "our_|W|": row["total_params"],
+                "index_per_layer": row["index_per_layer"], "index_v_per_layer": row["index_v_per_layer"],
+                "deficiency_per_layer": row["deficiency_per_layer"], "deficiency": row["deficiency"],
+                "deficiency_missing": row["deficiency_missing"], "predicted_count": row["predicted_count"],
+                "predicted_rank": row["predicted_rank"], "attack": attack, "psnr_median": median, "n": n,
+                "observed": row[f"{attack}_observed"], "agrees_count": row[f"{attack}_agrees_count"],
+                "agrees_rank": row[f"{attack}_agrees_rank"]})
+    scores = []
+    for attack in attacks:
+        for kind, title in (("count", "the count"), ("rank", "the numerical rank")):
+            verdicts = [v for v in summary[f"{attack}_agrees_{kind}"] if not pd.isna(v)]
+            if verdicts:
+                scores.append(f"{title} predicted {display(attack)} on {verdicts.count('yes')} of "
+                              f"{len(verdicts)} networks")
     caption = ("\"figure |W|\" is the total parameter count printed in the R-GAP paper's rank-analysis figure "
-               "(networks A-E = rankfig_a..rankfig_e); \"our |W|\" is our model's. \"worst layer index_v\" is the "
-               "largest |x|-|W|-|z|-|V| over the layers (> 0: fewer constraints than unknowns); \"numerical "
-               "deficiency\" is the sum over layers of unknowns minus the numerical rank of [K; A]. "
-               "\"predicted\" is deficient when any layer's count is > 0. PSNR: median (dB) over the ok trials. "
-               f"\"observed\": R-GAP ok when its median PSNR >= {threshold:g} dB. \"agrees\": predicted "
-               "determined <-> observed ok.")
-    csv = summary.rename(columns={"figure_params": "figure_|W|", "total_params": "our_|W|"})
-    parts = ["# Rank analysis vs reconstruction", "", caption, "", markdown_table(frame), ""]
-    return Rendered("\n".join(parts), csv)
+               "(its networks A-E are rankfig_a..rankfig_e); \"our |W|\" is our model's. Per layer, input layer "
+               "first: the paper's count |x|-|W|-|z| (unknowns minus gradient and weight constraints) and the "
+               "same minus the virtual constraints |V| carried up from the layer below (our reading of the "
+               "figure, rgap/rank.py); > 0 means fewer constraints than unknowns. \"numerical deficiency\": "
+               "unknowns minus the numerical rank of each layer's stacked system [K; A] at a seeded random input "
+               "(sum over layers, the deficient layers in brackets). \"predicted (count)\": deficient when a "
+               "layer's count with |V| is > 0; \"predicted (numerical rank)\": deficient when a layer's system is "
+               f"rank-deficient. An attack is \"ok\" on a network when its median PSNR over the ok trials is >= "
+               f"{threshold:g} dB; a prediction is right when \"determined\"/\"full rank\" goes with \"ok\".")
+    parts = ["# Rank analysis vs reconstruction", "", caption, "", "## Rank analysis per network", "",
+             markdown_table(pd.DataFrame(analysis)), "", "## Reconstruction per network and attack", "",
+             markdown_table(pd.DataFrame(outcome)), ""]
+    if scores:
+        parts += ["Summary: " + "; ".join(scores) + ".", ""]
+    return Rendered("\n".join(parts), pd.DataFrame(long_rows))
 
 
 # ---------------------------------------------------------------------------------------------------- noise
@@ -556,16 +647,26 @@ def render(trials: pd.DataFrame, experiment: str, rank_csv: str | Path | None = 
     raise UserInputError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}.")
 
 
+def with_note(markdown: str, note: str | None) -> str:
+    """``markdown`` with ``Setting: note`` as a paragraph after its title and caption (unchanged without one)."""
+    if not note:
+        return markdown
+    title, caption, rest = (markdown.split("\n\n", 2) + ["", ""])[:3]
+    return "\n\n".join([title, caption, f"Setting: {' '.join(note.split())}", rest])
+
+
 def write_tables(sweep_dir: str | Path, experiment: str, out: str | Path | None = None,
-                 rank_csv: str | Path | None = None, param: str = "scale", psnr_threshold: float = 30.0) -> list[Path]:
-    """Write ``<out>/<experiment>.md`` and ``.csv`` (atomically) for the sweep; return their paths."""
+                 rank_csv: str | Path | None = None, param: str = "scale", psnr_threshold: float = 30.0,
+                 note: str | None = None) -> list[Path]:
+    """Write ``<out>/<experiment>.md`` and ``.csv`` (atomically) for the sweep; return their paths. ``note``
+    (e.g. how the sweep was reduced) is printed under the caption."""
     if experiment not in EXPERIMENTS:
         raise UserInputError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}.")
     trials = load_trials(sweep_dir)
     rendered = render(trials, experiment, rank_csv, param, psnr_threshold)
     out = Path(out) if out is not None else Path(sweep_dir)
     header = f"<!-- Written by `python -m scripts.paper_tables {Path(sweep_dir).name} --experiment {experiment}` -->\n"
-    return [atomic_write(header + rendered.markdown, out / f"{experiment}.md"),
+    return [atomic_write(header + with_note(rendered.markdown, note), out / f"{experiment}.md"),
             atomic_write(rendered.csv.to_csv(index=False), out / f"{experiment}.csv")]
 
 
@@ -578,10 +679,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rank-csv", default=None, help="rank analysis per layer with a model column (rank)")
     parser.add_argument("--param", default="scale", help="defense_params key of the noise level (noise)")
     parser.add_argument("--psnr-threshold", type=float, default=30.0, help="R-GAP 'ok' threshold in dB (rank)")
+    parser.add_argument("--note", default=None, help="a 'Setting:' paragraph under the caption (Markdown)")
     args = parser.parse_args(argv)
     try:
         paths = write_tables(args.sweep_dir, args.experiment, args.out, args.rank_csv, args.param,
-                             args.psnr_threshold)
+                             args.psnr_threshold, args.note)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

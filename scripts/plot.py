@@ -1,17 +1,19 @@
 """Figures of a sweep, sized for a paper column (PNG at 200 dpi and PDF).
 
     python -m scripts.plot <kind> <sweep dir> [--out DIR] [--models M ...] [--model M] [--indices I ...]
-        [--param scale] [--rank-csv PATH] [--psnr-threshold 30]
+        [--param scale] [--rank-csv PATH] [--psnr-threshold 30] [--by index|model] [--name NAME]
 
-Kinds (each writes ``<out>/<kind>.png`` and ``<out>/<kind>.pdf``; default ``--out``: ``<sweep dir>/figures``):
+Kinds (each writes ``<out>/<kind>.png`` and ``<out>/<kind>.pdf``, or ``<NAME>.*``; default ``--out``:
+``<sweep dir>/figures``):
 
 * ``time``: PSNR (top) and MSE (bottom) against attack wall time, one column per architecture. Optimisation
   attacks: median and inter-quartile band of the ok trials' traces (``trials/<hash>/trace.csv``) on a common
   log-spaced time grid; closed-form attacks (one trace point): one marker per trial.
 * ``gallery``: original and each attack's reconstruction (``origin.png`` / ``reconstructed.png``) for a few
-  images (``--indices``, default the first 4) of one model (``--model``, default the first), PSNR under each.
-* ``rank``: median PSNR per attack against each model's numerical rank deficiency (or worst-layer index_v when
-  the deficiency was not computed) from ``--rank-csv``.
+  images (``--indices``, default the first 4) of one model (``--model``, default the first), PSNR under each;
+  ``--by model``: one row per model for one image (the rank figure's layout).
+* ``rank``: PSNR per attack (trials and median) on each network, the networks ordered by their numerical rank
+  deficiency from ``--rank-csv`` (or worst-layer index_v when the deficiency was not computed).
 * ``noise``: median PSNR (inter-quartile band) against the defense parameter ``--param`` (``scale``: log axis,
   ``prune_ratio``: linear), one panel per model, with a dashed line at 20 dB.
 
@@ -64,6 +66,7 @@ MARKERS = {"rgap": "o", "dlg": "s", "idlg": "^", "ig": "D", "hgap": "v"}
 PANEL = (3.3, 2.4)  # inches per panel: one paper column
 PSNR_CAP = 100.0
 NOISE_LINE = 20.0
+RANK_PREFIX = "rankfig_"  # the rank figure's networks: labelled A-E in the rank plot
 LINEAR_PARAMS = ("prune_ratio",)
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
          "legend.fontsize": 8, "lines.linewidth": 1.2, "axes.spines.top": False, "axes.spines.right": False,
@@ -89,11 +92,11 @@ def capped(values: np.ndarray | pd.Series) -> np.ndarray:
 
 
 def note_cap(ax: Axes, psnr: pd.Series | np.ndarray) -> None:
-    """Say in the panel's corner when some PSNR values were drawn at ``PSNR_CAP``."""
+    """Add a second title line when some PSNR values were drawn at ``PSNR_CAP`` (call after ``set_title``)."""
     values = pd.to_numeric(pd.Series(np.asarray(psnr, dtype=float)), errors="coerce")
     if (values > PSNR_CAP).any():
-        ax.text(0.99, 0.99, f"> {PSNR_CAP:g} dB drawn at {PSNR_CAP:g}", transform=ax.transAxes, ha="right",
-                va="top", fontsize=8, color="0.4")
+        prefix = f"{ax.get_title()}\n" if ax.get_title() else ""
+        ax.set_title(f"{prefix}(PSNR > {PSNR_CAP:g} dB drawn at {PSNR_CAP:g})")
 
 
 def log_x(ax: Axes) -> None:
@@ -274,6 +277,8 @@ def _show(ax: Axes, image: np.ndarray) -> None:
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def psnr_label(status: str, psnr: float) -> str:
@@ -284,23 +289,45 @@ def psnr_label(status: str, psnr: float) -> str:
 
 
 def plot_gallery(trials: pd.DataFrame, sweep_dir: Path, model: str | None = None,
-                 indices: Sequence[int] | None = None) -> Figure:
-    """Rows = images, columns = original | each attack's reconstruction, for one model (smallest batch size)."""
+                 indices: Sequence[int] | None = None, by: str = "index") -> Figure:
+    """Columns = original | each attack's reconstruction, PSNR under each, at each model's smallest batch size.
+
+    ``by="index"``: rows = images (``indices``, default the first 4) of one model (default the first);
+    ``by="model"``: rows = every model (or those sharing the dataset of ``model``), one image (the first of
+    ``indices``, default the smallest index they all have), like the paper's rank figure.
+    """
+    if by not in ("index", "model"):
+        raise UserInputError(f"--by {by}: use index (rows = images of one model) or model (rows = models).")
     models = sorted(set(trials["model"]))
-    model = model or models[0]
-    if model not in models:
+    if model is not None and model not in models:
         raise UserInputError(f"--model {model} is not in this sweep; it has {', '.join(models)}.")
-    mine = trials[trials["model"] == model]
-    mine = mine[mine["batch_size"] == mine["batch_size"].min()]
-    available = sorted(int(i) for i in mine["index"].dropna().unique())
-    chosen = list(indices) if indices else available[:4]
-    unknown = [i for i in chosen if i not in available]
-    if unknown:
-        raise UserInputError(f"--indices {unknown} not in the sweep for {model}; it has {available}.")
-    attacks = attack_order(mine["attack"])
-    fig, axes = panels(len(chosen), 1 + len(attacks), size=(1.4, 1.55))
-    for r, index in enumerate(chosen):
-        rows = mine[mine["index"] == index]
+    smallest = trials.groupby("model")["batch_size"].transform("min")
+    trials = trials[trials["batch_size"] == smallest]
+    if by == "index":
+        model = model or models[0]
+        mine = trials[trials["model"] == model]
+        available = sorted(int(i) for i in mine["index"].dropna().unique())
+        chosen = list(indices) if indices else available[:4]
+        unknown = [i for i in chosen if i not in available]
+        if unknown:
+            raise UserInputError(f"--indices {unknown} not in the sweep for {model}; it has {available}.")
+        grid = [(model, index, f"index {index}") for index in chosen]
+        title = f"{model} (B={int(mine['batch_size'].min())}); PSNR under each reconstruction"
+    else:
+        if model is not None:
+            trials = trials[trials["dataset"].isin(set(trials.loc[trials["model"] == model, "dataset"]))]
+            models = sorted(set(trials["model"]))
+        shared = set.intersection(*(set(trials.loc[trials["model"] == m, "index"].dropna().astype(int))
+                                    for m in models))
+        index = int(indices[0]) if indices else (min(shared) if shared else None)
+        if index is None or index not in shared:
+            raise UserInputError(f"--indices: no image index common to every model ({sorted(shared)}).")
+        grid = [(m, index, m) for m in models]
+        title = f"image index {index}; PSNR under each reconstruction"
+    attacks = attack_order(trials.loc[trials["model"].isin({g[0] for g in grid}), "attack"])
+    fig, axes = panels(len(grid), 1 + len(attacks), size=(1.4, 1.55))
+    for r, (name, index, label) in enumerate(grid):
+        rows = trials[(trials["model"] == name) & (trials["index"] == index)]
         rows = rows.assign(_ok=rows["status"] != "ok").sort_values(["_ok", "seed", "config_hash"], kind="stable")
         origin = next((img for h in rows["config_hash"] if (img := _image(sweep_dir / "trials" / h / "origin.png"))
                        is not None), None)
@@ -309,7 +336,7 @@ def plot_gallery(trials: pd.DataFrame, sweep_dir: Path, model: str | None = None
             _blank(ax, "no image saved")
         else:
             _show(ax, origin)
-        ax.set_ylabel(f"index {index}")
+        ax.set_ylabel(label)
         for c, attack in enumerate(attacks, start=1):
             ax = axes[r, c]
             hit = rows[rows["attack"] == attack]
@@ -323,10 +350,10 @@ def plot_gallery(trials: pd.DataFrame, sweep_dir: Path, model: str | None = None
             else:
                 _show(ax, image)
             ax.set_xlabel(psnr_label(row["status"], float(row["psnr"])))
-        for c, title in enumerate(["original", *(display(a) for a in attacks)]):
+        for c, heading in enumerate(["original", *(display(a) for a in attacks)]):
             if r == 0:
-                axes[0, c].set_title(title)
-    fig.suptitle(f"{model} (B={int(mine['batch_size'].min())}); PSNR under each reconstruction", fontsize=8)
+                axes[0, c].set_title(heading)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -335,35 +362,46 @@ def plot_gallery(trials: pd.DataFrame, sweep_dir: Path, model: str | None = None
 
 
 def plot_rank(trials: pd.DataFrame, rank: pd.DataFrame, psnr_threshold: float = 30.0) -> Figure:
-    """Median PSNR per attack and model against the model's rank deficiency (or worst-layer index_v)."""
+    """PSNR per attack on each network, networks ordered along x by their rank deficiency.
+
+    One column per network, sorted by its numerical rank deficiency (summed over layers; the worst-layer count
+    index_v when a deficiency is missing), which the tick label gives under the network's name; per attack the
+    trials as small faint markers and their median as a large one, side by side.
+    """
     summary = rank_summary(trials, rank, psnr_threshold)
     summary = summary[summary["predicted"].notna()]
     if summary.empty:
         raise UserInputError("no model of the sweep is in --rank-csv; nothing to plot.")
     use_deficiency = summary["deficiency"].notna().all()
     x_column = "deficiency" if use_deficiency else "worst_index_v"
-    x_label = ("numerical rank deficiency (sum over layers)" if use_deficiency
-               else "worst-layer index |x|-|W|-|z|-|V| (deficiency n/a)")
-    attacks = attack_order(trials["attack"])
+    x_label = ("network (numerical rank deficiency, summed over layers)" if use_deficiency
+               else "network (worst-layer count |x|-|W|-|z|-|V|; deficiency n/a)")
+    summary = summary.assign(_x=pd.to_numeric(summary[x_column])).sort_values(["_x", "model"], kind="stable")
+    attacks = attack_order(trials.loc[trials["model"].isin(summary["model"]), "attack"])
+    short = all(m.startswith(RANK_PREFIX) for m in summary["model"])
     fig, axes = panels(1, 1)
     ax = axes[0, 0]
-    xs = pd.to_numeric(summary[x_column]).to_numpy(float)
-    for attack in attacks:
-        ys = capped(summary[f"{attack}_psnr_median"].to_numpy(float))
-        keep = np.isfinite(ys)
-        ax.scatter(xs[keep], ys[keep], marker=marker(attack), color=color(attack, attacks), label=display(attack),
-                   s=18, zorder=3)
-    medians = np.vstack([capped(summary[f"{a}_psnr_median"].to_numpy(float)) for a in attacks])
-    for x in sorted(set(xs[np.isfinite(xs)])):
-        names = summary.loc[xs == x, "model"].tolist()
-        here = medians[:, xs == x]
-        y = float(here[np.isfinite(here)].max()) if np.isfinite(here).any() else 0.0
-        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
-    note_cap(ax, summary[[f"{a}_psnr_median" for a in attacks]].to_numpy(float).ravel())
+    width = 0.6 / max(1, len(attacks))
+    for position, row in enumerate(summary.to_dict("records")):
+        for a, attack in enumerate(attacks):
+            x = position + (a - (len(attacks) - 1) / 2) * width
+            mine = trials[(trials["model"] == row["model"]) & (trials["attack"] == attack) & (trials["status"] == "ok")]
+            values = capped(pd.to_numeric(mine["psnr"], errors="coerce").dropna())
+            style = {"marker": marker(attack), "color": color(attack, attacks)}
+            ax.scatter(np.full(len(values), x), values, s=8, alpha=0.35, linewidths=0, zorder=2, **style)
+            median = capped(np.array([row[f"{attack}_psnr_median"]]))[0]
+            if np.isfinite(median):
+                ax.scatter([x], [median], s=28, zorder=3, label=display(attack) if position == 0 else None, **style)
+    names = [m[len(RANK_PREFIX):].upper() if short else m for m in summary["model"]]
+    ax.set_xticks(range(len(summary)), [f"{n}\n{int(x)}" for n, x in zip(names, summary["_x"], strict=True)])
+    ax.set_xlim(-0.6, len(summary) - 0.4)
+    if short:
+        ax.set_title(f"networks A-E = {RANK_PREFIX}a..e (the paper's rank figure)")
+    note_cap(ax, pd.to_numeric(trials.loc[trials["model"].isin(summary["model"]), "psnr"], errors="coerce"))
     ax.axhline(psnr_threshold, linestyle=":", color="0.4", linewidth=0.8, label=f"{psnr_threshold:g} dB")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("median PSNR (dB)")
-    ax.margins(x=0.15, y=0.15)
+    ax.set_ylabel("PSNR (dB): trials, median")
+    ax.grid(True, axis="y", alpha=0.3, linewidth=0.5)
     ax.legend(loc="best", frameon=False)
     fig.tight_layout()
     return fig
@@ -424,7 +462,6 @@ def plot_noise(trials: pd.DataFrame, param: str = "scale", models: Sequence[str]
             ax.plot(x, median, marker=marker(attack), markersize=4, label=display(attack), **style)
             ax.fill_between(x, q25, q75, alpha=0.2, linewidth=0, **style)
         ax.axhline(NOISE_LINE, linestyle="--", color="0.4", linewidth=0.8, label=f"{NOISE_LINE:g} dB")
-        note_cap(ax, mine.groupby(["attack", "level"])["psnr"].median())
         if log:
             ax.set_xscale("log")
             has_zero = bool((mine["level"] == 0).any())
@@ -436,6 +473,7 @@ def plot_noise(trials: pd.DataFrame, param: str = "scale", models: Sequence[str]
         ax.set_xlabel(f"{defense} {param}" + (" (log; 0 at the left edge)" if log else ""))
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(model)
+        note_cap(ax, mine.groupby(["attack", "level"])["psnr"].median())
         ax.grid(True, alpha=0.3, linewidth=0.5)
     axes[0, 0].legend(loc="best", frameon=False)
     fig.tight_layout()
@@ -447,8 +485,9 @@ def plot_noise(trials: pd.DataFrame, param: str = "scale", models: Sequence[str]
 
 def make_plot(kind: str, sweep_dir: str | Path, out: str | Path | None = None, models: Sequence[str] | None = None,
               model: str | None = None, indices: Sequence[int] | None = None, param: str = "scale",
-              rank_csv: str | Path | None = None, psnr_threshold: float = 30.0) -> list[Path]:
-    """Draw ``kind`` for the sweep and write ``<out>/<kind>.png`` and ``.pdf``; return their paths."""
+              rank_csv: str | Path | None = None, psnr_threshold: float = 30.0, by: str = "index",
+              name: str | None = None) -> list[Path]:
+    """Draw ``kind`` for the sweep and write ``<out>/<name or kind>.png`` and ``.pdf``; return their paths."""
     if kind not in KINDS:
         raise UserInputError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}.")
     sweep_dir = Path(sweep_dir)
@@ -458,12 +497,12 @@ def make_plot(kind: str, sweep_dir: str | Path, out: str | Path | None = None, m
         if kind == "time":
             fig = plot_time(trials, sweep_dir, models, param)
         elif kind == "gallery":
-            fig = plot_gallery(trials, sweep_dir, model or (models[0] if models else None), indices)
+            fig = plot_gallery(trials, sweep_dir, model or (models[0] if models else None), indices, by)
         elif kind == "rank":
             fig = plot_rank(trials, load_rank_csv(rank_csv), psnr_threshold)
         else:
             fig = plot_noise(trials, param, models)
-        return save_figure(fig, out, kind)
+        return save_figure(fig, out, name or kind)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -475,13 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, help="models to show (time, noise; default all)")
     parser.add_argument("--model", default=None, help="the gallery's model (default: the first)")
     parser.add_argument("--indices", nargs="+", type=int, default=None, help="gallery images (default first 4)")
+    parser.add_argument("--by", default="index", help="gallery rows: index (images of one model) or model")
+    parser.add_argument("--name", default=None, help="file name without extension (default: the kind)")
     parser.add_argument("--param", default="scale", help="defense_params key on the x axis (noise)")
     parser.add_argument("--rank-csv", default=None, help="rank analysis per layer with a model column (rank)")
     parser.add_argument("--psnr-threshold", type=float, default=30.0, help="R-GAP 'ok' threshold in dB (rank)")
     args = parser.parse_args(argv)
     try:
         paths = make_plot(args.kind, args.sweep_dir, args.out, args.models, args.model, args.indices, args.param,
-                          args.rank_csv, args.psnr_threshold)
+                          args.rank_csv, args.psnr_threshold, args.by, args.name)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

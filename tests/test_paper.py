@@ -1,19 +1,26 @@
-"""Paper tables and figures from hand-made sweeps (no attack runs): cells, footnotes, joins, plots, errors."""
+"""Paper tables and figures: from hand-made sweeps (cells, footnotes, joins, plots, errors), and end to end from
+each offline experiment's config through real (reduced) trials to its tables and figures."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.collections import PathCollection
 from PIL import Image
 
 from rgap.schema import ROW_COLUMNS, TRACE_COLUMNS, write_csv, write_row
-from scripts import paper_tables, plot
+from rgap.sweep import run_sweep_job
+from scripts import paper_offline, paper_tables, plot
 from scripts.collect import collect
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 RANK_COLUMNS = ["model", "total_params", "layer", "kind", "x", "w", "z", "v", "index", "index_v", "rank", "unknowns",
                 "deficiency", "predicted", "b", "note"]
@@ -103,23 +110,37 @@ def test_table1_cells_counts_and_footnotes(tmp_path):
     assert again[0].read_text() == md and again[1].read_bytes() == csv_path.read_bytes()
 
 
-def test_labels_table_has_paper_columns(tmp_path):
+def test_labels_table_rows_per_dataset_beside_the_paper(tmp_path):
     rows = [row("dlg", "lenet", dataset="sample", index=i, label_acc=a) for i, a in enumerate([1.0, 0.0])]
     rows += [row("idlg", "lenet", dataset="sample", index=i, label_acc=1.0) for i in range(2)]
     rows += [row("idlg", "lenet", dataset="sample_gray", index=0, label_acc=1.0),
              row("idlg", "lenet", dataset="sample_gray", index=1, status="failed")]
+    rows += [row("dlg", "lenet", dataset="mnist", index=i, label_acc=a) for i, a in enumerate([1.0, 1.0, 0.0, 1.0])]
     sweep = make_sweep(tmp_path / "sweep", rows)
     md_path, csv_path = paper_tables.write_tables(sweep, "labels", out=tmp_path / "out")
-    table = pd.read_csv(csv_path, keep_default_na=False).set_index("attack")
-    assert list(table.index) == ["DLG", "iDLG"]
-    assert table.loc["DLG", "ours: sample"] == "50.0 % (n=2)"
-    assert table.loc["iDLG", "ours: sample_gray"] == "100.0 % (n=1; 1 failed)"
-    assert table.loc["DLG", "ours: sample_gray"] == "–"
-    assert table.loc["DLG", "paper (iDLG, Table 1): MNIST"] == "89.9 %"
-    assert table.loc["DLG", "paper (iDLG, Table 1): CIFAR-100"] == "83.3 %"
-    assert table.loc["DLG", "paper (iDLG, Table 1): LFW"] == "79.1 %"
-    assert (table.loc["iDLG", [c for c in table.columns if c.startswith("paper")]] == "100.0 %").all()
-    assert "for reference only" in md_path.read_text()
+    table = pd.read_csv(csv_path, keep_default_na=False).set_index("data")
+    assert list(table.index) == ["mnist (MNIST)", "sample", "sample_gray", "CIFAR-100", "LFW"]
+    assert list(table.columns) == ["DLG (ours)", "iDLG (ours)", "DLG (iDLG paper, Table 1)",
+                                   "iDLG (iDLG paper, Table 1)"]
+    assert table.loc["sample", "DLG (ours)"] == "50.0 % (n=2)"
+    assert table.loc["sample_gray", "iDLG (ours)"] == "100.0 % (n=1; 1 failed)"
+    assert table.loc["sample_gray", "DLG (ours)"] == "–"
+    assert table.loc["sample", "DLG (iDLG paper, Table 1)"] == "–"  # no paper number for our offline sets
+    assert table.loc["mnist (MNIST)", "DLG (ours)"] == "75.0 % (n=4)"
+    assert table.loc["mnist (MNIST)", "DLG (iDLG paper, Table 1)"] == "89.9 %"
+    assert table.loc["CIFAR-100", "DLG (iDLG paper, Table 1)"] == "83.3 %"
+    assert table.loc["LFW", "DLG (iDLG paper, Table 1)"] == "79.1 %"
+    assert (table.loc[["mnist (MNIST)", "CIFAR-100", "LFW"], "iDLG (iDLG paper, Table 1)"] == "100.0 %").all()
+    assert table.loc["CIFAR-100", "DLG (ours)"] == "not run [1]" and table.loc["LFW", "iDLG (ours)"] == "not run [2]"
+    md = md_path.read_text()
+    assert "[1] CIFAR-100: not run, this project has no CIFAR-100 loader" in md
+    # without MNIST trials (the offline variant), MNIST is a "not run" row too, with its own reason
+    offline = make_sweep(tmp_path / "offline", rows[:6])
+    table = pd.read_csv(paper_tables.write_tables(offline, "labels", out=tmp_path / "o")[1],
+                        keep_default_na=False).set_index("data")
+    assert list(table.index) == ["sample", "sample_gray", "MNIST", "CIFAR-100", "LFW"]
+    assert table.loc["MNIST", "DLG (ours)"] == "not run [1]"
+    assert "not run in this sweep (dataset=mnist" in (tmp_path / "o" / "labels.md").read_text()
 
 
 def rank_csv(path: Path) -> Path:
@@ -149,19 +170,31 @@ def test_rank_table_joins_and_agrees(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", rank_rows())
     csv = rank_csv(tmp_path / "rank.csv")
     md_path, csv_path = paper_tables.write_tables(sweep, "rank", out=tmp_path / "out", rank_csv=csv)
-    table = pd.read_csv(csv_path).set_index("model")
-    assert list(table.index) == ["lenet", "rankfig_a", "rankfig_b"]
-    assert table.loc["rankfig_a", "figure_|W|"] == 3556 and pd.isna(table.loc["lenet", "figure_|W|"])
-    assert pd.isna(table.loc["lenet", "deficiency"]) and table.loc["lenet", "deficiency_missing"] == 1
-    assert table.loc["rankfig_b", "our_|W|"] == 2667
-    assert table.loc["rankfig_b", "worst_index_v"] == 405 and table.loc["rankfig_b", "deficiency"] == 414
-    assert [table.loc[m, "predicted"] for m in table.index] == ["determined", "determined", "deficient"]
-    assert [table.loc[m, "observed"] for m in table.index] == ["noisy", "ok", "noisy"]
-    assert [table.loc[m, "agrees"] for m in table.index] == ["no", "yes", "yes"]
-    assert table.loc["rankfig_a", "rgap_psnr_median"] == 50.0
+    summary = paper_tables.rank_summary(paper_tables.load_trials(sweep), pd.read_csv(csv)).set_index("model")
+    assert list(summary.index) == ["lenet", "rankfig_a", "rankfig_b"]
+    assert summary.loc["rankfig_a", "figure_params"] == 3556 and pd.isna(summary.loc["lenet", "figure_params"])
+    assert pd.isna(summary.loc["lenet", "deficiency"]) and summary.loc["lenet", "deficiency_missing"] == 1
+    assert summary.loc["rankfig_b", "index_per_layer"] == "conv1 +405; fc1 -1"
+    assert summary.loc["rankfig_b", "deficiency_per_layer"] == "conv1 414"  # deficient layers only
+    assert list(summary["predicted_count"]) == ["determined", "determined", "deficient"]
+    assert list(summary["predicted_rank"]) == ["n/a", "full rank", "deficient"]
+    assert list(summary["rgap_observed"]) == ["noisy", "ok", "noisy"]
+    assert list(summary["rgap_agrees_count"]) == ["no", "yes", "yes"]
+    assert pd.isna(summary.loc["lenet", "rgap_agrees_rank"])  # no numerical rank: no verdict
+    assert list(summary.loc[["rankfig_a", "rankfig_b"], "dlg_agrees_rank"]) == ["no", "yes"]  # DLG 15 dB on both
+    assert summary.loc["lenet", "dlg_observed"] == "no trials"
+    table = pd.read_csv(csv_path)
+    assert len(table) == 6 and list(table["attack"][:2]) == ["rgap", "dlg"]  # one row per (network, attack)
+    first = table[(table["model"] == "rankfig_a") & (table["attack"] == "rgap")].iloc[0]
+    assert (first["psnr_median"], first["n"], first["agrees_rank"]) == (50.0, 3, "yes")
     md = md_path.read_text()
-    assert "| rankfig_b | 2667 | 2667 | +405 (conv1) | 414 | deficient | 11.0 (n=2) | 15.0 (n=1) | noisy | yes |" in md
-    assert "| lenet |  | 1000 | -1868 (conv1) | n/a | determined |" in md
+    assert ("| rankfig_b | 2667 | 2667 | conv1 +405; fc1 -1 | conv1 +405; fc1 -1 | 414 (conv1 414) | "
+            "deficient | deficient |") in md
+    assert "| lenet |  | 1000 | conv1 -1868 | conv1 -1868 | n/a | determined | n/a |" in md
+    assert "| rankfig_b | R-GAP | 11.0 (n=2) | noisy | yes | yes |" in md
+    assert "| lenet | DLG | – | no trials |  |  |" in md
+    assert "the numerical rank predicted R-GAP on 2 of 2 networks" in md
+    assert "the count predicted R-GAP on 2 of 3 networks" in md
 
 
 def noise_rows(param: str = "scale") -> list[dict]:
@@ -226,6 +259,13 @@ def test_time_curves_and_gallery_blank(tmp_path):
         assert sum(len(ax.images) for ax in fig.axes) == 4  # originals and R-GAP reconstructions are found
         assert "20.0 dB" in [ax.get_xlabel() for ax in fig.axes]
         plot.plt.close(fig)
+        fig = plot.plot_gallery(trials, sweep, by="model")  # one row per model, the smallest common index
+        assert [ax.get_ylabel() for ax in fig.axes[::4]] == ["cnn6", "cnn6d", "fcn3"]
+        assert [ax.get_title() for ax in fig.axes[:4]] == ["original", "R-GAP", "DLG", "R-GAP+DLG (hybrid)"]
+        assert fig.axes[5].get_xlabel() == "unsupported" and fig.axes[11].get_xlabel() == "40.0 dB"  # fcn3 at B=1
+        plot.plt.close(fig)
+        with pytest.raises(plot.UserInputError, match="--by"):
+            plot.plot_gallery(trials, sweep, by="seed")
     noisy = make_sweep(tmp_path / "noisy", noise_rows(), traces=True)
     fig = plot.plot_time(paper_tables.load_trials(noisy), noisy)
     assert fig.texts[0].get_text().startswith("undefended trials only")
@@ -263,3 +303,65 @@ def test_errors_exit_2(tmp_path, capsys):
     assert "--rank-csv" in capsys.readouterr().err
     assert paper_tables.main([str(sweep), "--experiment", "noise"]) == 2
     assert "defense parameter 'scale'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ end to end, reduced
+
+
+def compose_benchmark(*overrides: str, hydra_node: bool = False):
+    """``conf/benchmark.yaml`` with ``overrides`` (LPIPS off: no weights offline)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose(config_name="benchmark", overrides=["metrics.lpips=false", *overrides],
+                       return_hydra_config=hydra_node)
+
+
+def reduced_points(experiment: str) -> list[list[str]]:
+    """The first sweep point of each attack and of each ``+setup`` (model and dataset pair), plus (noise) the
+    first point at the largest noise level."""
+    params = compose_benchmark(f"+experiment={experiment}", hydra_node=True).hydra.sweeper.params
+    parser = OverridesParser.create()
+    axes = []
+    for key, value in params.items():
+        override = parser.parse_overrides([f"{key}={value}"])[0]
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        axes.append([f"{override.get_key_element()}={v}" for v in values])
+    points = [list(p) for p in itertools.product(*axes)]
+    chosen: dict[str, list[str]] = {}
+    for point in points:
+        for override in point:
+            if override.startswith(("attack=", "+setup=")):
+                chosen.setdefault(override, point)
+    picked = [list(p) for p in {tuple(p): None for p in chosen.values()}]
+    scales = [o for o in points[-1] if o.startswith("defense.scale=")]
+    if scales:
+        picked.append([o if not o.startswith("defense.scale=") else scales[0] for o in picked[0]])
+    return picked
+
+
+@pytest.mark.parametrize("key", sorted(paper_offline.EXPERIMENTS))
+def test_offline_experiment_end_to_end_reduced(key, tmp_path):
+    """One trial per attack (2 optimisation iterations) of each offline experiment, then its tables and figures
+    exactly as `make paper-offline` publishes them (reference results use the configs' real settings)."""
+    exp = paper_offline.EXPERIMENTS[key]
+    sweep = tmp_path / exp.config
+    for point in reduced_points(exp.config):
+        cfg = compose_benchmark(f"+experiment={exp.config}", *point, "threads=1")
+        if cfg.attack.name != "rgap":
+            cfg = compose_benchmark(f"+experiment={exp.config}", *point, "threads=1", "attack.iterations=2")
+        _, new = run_sweep_job(cfg, sweep)
+        assert new is not None and new["status"] == "ok", (point, new and new["reason"])
+    collect(sweep)
+    trials = paper_tables.load_trials(sweep)
+    models = sorted(set(trials["model"]))
+    files = paper_offline.publish(exp, sweep, tmp_path / "out", rank_models=models)
+    names = sorted(f.name for f in files)
+    expected = {f"{exp.table}.md", f"{exp.table}.csv", "trials.csv"}
+    expected |= {f"{options.get('name', kind)}.png" for kind, options in exp.plots
+                 if options.get("model", models[0]) in models}
+    if exp.table == "rank":
+        expected.add("rank_analysis.csv")
+    assert set(names) == expected and len(names) == len(expected)
+    assert all(f.stat().st_size > (1000 if f.suffix == ".png" else 0) for f in files)
+    assert not list((tmp_path / "out").glob("*.pdf"))
+    md = (tmp_path / "out" / f"{exp.table}.md").read_text()
+    assert "R-GAP" in md or "iDLG" in md
