@@ -15,9 +15,16 @@ TOTAL_FILE = ".sweep_total"
 
 
 def count_jobs(task_overrides: list[str]) -> int:
-    """Number of jobs the basic sweeper makes from command-line overrides (cartesian product of sweeps)."""
-    total = 1
+    """Number of jobs the basic sweeper makes from overrides (cartesian product of sweeps).
+
+    A later override of the same key replaces an earlier one, as a command-line override replaces the
+    config's ``hydra.sweeper.params`` entry.
+    """
+    latest = {}
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        latest[override.get_key_element()] = override
+    total = 1
+    for override in latest.values():
         if override.is_sweep_override():
             total *= len(list(override.sweep_string_iterator()))
     return total

@@ -68,6 +68,9 @@ PSNR_CAP = 100.0
 NOISE_LINE = 20.0
 RANK_PREFIX = "rankfig_"  # the rank figure's networks: labelled A-E in the rank plot
 LINEAR_PARAMS = ("prune_ratio",)
+#: Axis labels of defense parameters ({defense} is the defense's name).
+PARAM_LABELS = {"prune_ratio": "pruning ratio (fraction of entries zeroed)", "scale": "{defense} noise scale",
+                "noise_multiplier": "DP-SGD noise multiplier", "clip_norm": "DP-SGD clip norm"}
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
          "legend.fontsize": 8, "lines.linewidth": 1.2, "axes.spines.top": False, "axes.spines.right": False,
          "pdf.fonttype": 42, "savefig.dpi": 200}
@@ -470,7 +473,8 @@ def plot_noise(trials: pd.DataFrame, param: str = "scale", models: Sequence[str]
             ax.minorticks_off()
             if has_zero and positive:
                 _break_marks(ax, zero_at * math.sqrt(10.0))
-        ax.set_xlabel(f"{defense} {param}" + (" (log; 0 at the left edge)" if log else ""))
+        what = PARAM_LABELS.get(param, f"{defense} {param}").format(defense=defense)
+        ax.set_xlabel(what + (" (log; 0 at the left edge)" if log else ""))
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(model)
         note_cap(ax, mine.groupby(["attack", "level"])["psnr"].median())

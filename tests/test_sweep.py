@@ -133,3 +133,10 @@ def test_joblib_launcher_gives_the_same_metrics(tmp_path):
     sweep(tmp_path / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     pd.testing.assert_frame_equal(stable(tmp_path / "joblib" / "sweeps" / "default" / "trials.csv"),
                                   stable(tmp_path / "basic" / "sweeps" / "default" / "trials.csv"))
+
+
+def test_count_jobs_lets_a_later_override_replace_an_earlier_one() -> None:
+    from runners.callbacks import count_jobs
+
+    assert count_jobs(["attack=rgap,dlg,idlg", "index=0,10", "seed=1"]) == 6
+    assert count_jobs(["attack=rgap,dlg,idlg", "index=0,10", "attack=rgap,dlg"]) == 4
