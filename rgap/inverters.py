@@ -140,8 +140,7 @@ def block_weight(gram: torch.Tensor) -> float:
     stacked solution does not depend on the weights, but with a float32 gradient, weighting both blocks
     equally keeps the gradient constraints from being drowned by the (propagated) weight-constraint error.
     """
-    trace = float(torch.diagonal(gram).sum())
-    return gram.shape[0] / trace if trace > 0 else 1.0
+    return balance_weight(gram.shape[0], float(torch.diagonal(gram).sum()))
 
 
 INVERTER_REGISTRY: dict[type[nn.Module], type[LayerInverter]] = {}

@@ -15,6 +15,18 @@ def signed_labels(labels: torch.Tensor) -> torch.Tensor:
     return 2.0 * labels.to(torch.float64) - 1.0
 
 
+def reversed_labels(logits: torch.Tensor) -> torch.Tensor:
+    """The reference code's label flip, per sample: one logit -> the class it does not predict (1 if the logit
+    is <= 0, else 0); several logits -> the least likely class. Makes R-GAP's last-layer root unique."""
+    flat = logits.detach().reshape(logits.shape[0], -1)
+    return (flat[:, 0] <= 0).long() if flat.shape[1] == 1 else flat.argmin(dim=1)
+
+
+def head_loss(logits: torch.Tensor) -> str:
+    """The loss that goes with a head: ``logistic`` for one logit, ``cross_entropy`` for several."""
+    return "logistic" if logits.reshape(logits.shape[0], -1).shape[1] == 1 else "cross_entropy"
+
+
 def logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean logistic loss of one logit per sample, ``mean log(1 + exp(-y f))`` with y = 2 label - 1.
 

@@ -33,7 +33,7 @@ from rgap.checkpoints import build_model
 from rgap.data import build_dataset
 from rgap.errors import UnsupportedLayerError
 from rgap.inverters import make_inverter
-from rgap.losses import cross_entropy_loss, logistic_loss
+from rgap.losses import get_loss, head_loss, reversed_labels
 from rgap.models import collect_shapes
 from rgap.network import Stage, parse_stages
 from rgap.solvers import numerical_rank, singular_values_from_gram
@@ -102,14 +102,7 @@ def operating_point(
                 p.requires_grad_(True)
                 p.grad = None
             logits = model(x)
-            if logits.shape[-1] == 1:  # one logit: the reversed logistic label
-                logit = logits.reshape(-1)
-                label = torch.tensor(
-                    [0.0 if float(logit.detach()[0]) > 0 else 1.0], dtype=torch.float64, device=logit.device
-                )
-                logistic_loss(logit, label).backward()
-            else:  # several logits: cross-entropy on the least likely class
-                cross_entropy_loss(logits, logits.detach().argmin(dim=1)).backward()
+            get_loss(head_loss(logits))(logits, reversed_labels(logits)).backward()
     finally:
         for handle in handles:
             handle.remove()

@@ -26,10 +26,10 @@ from rgap.attack import Attack, AttackResult, SharedGradient, TracePoint, TraceR
 from rgap.checkpoints import WeightsInfo, add_rank_note, build_model
 from rgap.config import instantiate_group, short_error
 from rgap.data import ImageSet, build_dataset, select_indices
-from rgap.defenses import build_defense, defense_generator
+from rgap.defenses import Defense, NoDefense, build_defense, defense_generator
 from rgap.errors import UnsupportedError, UserInputError
 from rgap.images import rescale_minmax, save_image_grid
-from rgap.losses import get_loss
+from rgap.losses import get_loss, reversed_labels
 from rgap.matching import label_accuracy, match_to_originals
 from rgap.metrics import LpipsScorer, image_metrics
 from rgap.schema import TRACE_COLUMNS, write_csv, write_row
@@ -50,6 +50,7 @@ class Trial:
     labels: torch.Tensor  # true labels of the images
     shared: SharedGradient  # what the attacker receives (labels = the ones the gradient used)
     weights: WeightsInfo = field(default_factory=WeightsInfo)  # untrained or which checkpoint (row columns)
+    defense: Defense = field(default_factory=NoDefense)  # what was applied to ``shared`` (row columns)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,9 +99,7 @@ def compute_shared_gradient(
     x = images.to(device=device, dtype=dtype)
     logits = client(x)
     if label_mode == "reversed":
-        flat = logits.detach().reshape(logits.shape[0], -1)
-        # One logit: the class it does not predict. Several: the least likely class.
-        labels = (flat[:, 0] <= 0).long() if flat.shape[1] == 1 else flat.argmin(dim=1)
+        labels = reversed_labels(logits)
     labels = labels.to(device)
     value = get_loss(loss)(logits, labels)
     grads = torch.autograd.grad(value, list(client.parameters()))
@@ -177,7 +176,8 @@ def setup_trial(cfg: Mapping[str, Any]) -> Trial:
     defense = build_defense(cfg.get("defense"))
     shared = defense.defend(shared, lambda: per_example_gradients(shared, images),
                             defense_generator(int(cfg["seed"])))
-    return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared, weights=weights)
+    return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared, weights=weights,
+                 defense=defense)
 
 
 def timed_attack(attack: Attack, shared: SharedGradient,
@@ -216,16 +216,11 @@ def _base_row(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "attack": cfg["attack"]["name"], "model": cfg["model"]["name"], "dataset": cfg["dataset"]["name"],
         "batch_size": int(cfg["batch_size"]), "index": int(cfg["index"]), "seed": int(cfg["seed"]),
         "label_mode": label_mode(cfg["label"]), "precision": cfg["precision"],
-        "loss": _resolved_loss(cfg), **_defense_columns(cfg),
+        "loss": _resolved_loss(cfg),
         "device": str(cfg["device"]),
         "torch_version": torch.__version__, "git_commit": git_commit(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _defense_columns(cfg: Mapping[str, Any]) -> dict[str, str]:
-    defense = build_defense(cfg.get("defense"))
-    return {"defense": defense.name, "defense_params": defense.describe()}
 
 
 def _resolved_loss(cfg: Mapping[str, Any]) -> str:
@@ -246,7 +241,7 @@ def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
     row = _base_row(cfg)
     row["config_hash"] = config_hash
     trial = setup_trial(cfg)
-    row.update(trial.weights.columns())
+    row.update(trial.weights.columns(), defense=trial.defense.name, defense_params=trial.defense.describe())
     row["indices"] = " ".join(str(i) for i in trial.indices)
     row["labels"] = " ".join(str(int(v)) for v in trial.shared.labels.cpu())  # what the client trained on
     attack = instantiate_group(cfg["attack"], "attack", Attack)
