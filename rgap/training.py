@@ -20,7 +20,7 @@ from torch import nn
 from rgap.checkpoints import build_model, default_checkpoint_path, save_checkpoint
 from rgap.data import ImageSet, build_dataset
 from rgap.errors import UserInputError
-from rgap.losses import get_loss
+from rgap.losses import get_loss, hard_labels
 from rgap.schema import write_csv
 from rgap.trial import resolve_device, resolve_head
 
@@ -30,12 +30,6 @@ Progress = Callable[[str], None]
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], float, float, float], torch.optim.Optimizer]] = {
     "sgd": lambda params, lr, wd, momentum: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd),
     "adam": lambda params, lr, wd, momentum: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-}
-
-#: loss -> predicted class from the logits (one logit: positive = class 1; several: argmax).
-PREDICTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "logistic": lambda logits: (logits.reshape(-1) > 0).long(),
-    "cross_entropy": lambda logits: logits.reshape(logits.shape[0], -1).argmax(dim=1),
 }
 
 
@@ -125,7 +119,7 @@ def _batches(indices: Sequence[int], batch_size: int) -> Iterable[list[int]]:
 def evaluate(model: nn.Module, dataset: ImageSet, indices: Sequence[int], loss: str,
              batch_size: int = 256) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on ``dataset[indices]``, without gradients."""
-    loss_fn, predict = get_loss(loss), PREDICTIONS[loss]
+    loss_fn = get_loss(loss)
     param = next(model.parameters())
     total = correct = 0.0
     with torch.no_grad():
@@ -134,7 +128,7 @@ def evaluate(model: nn.Module, dataset: ImageSet, indices: Sequence[int], loss: 
             logits = model(images.to(device=param.device, dtype=param.dtype))
             labels = labels.to(param.device)
             total += float(loss_fn(logits, labels)) * len(batch)
-            correct += float((predict(logits) == labels).sum())
+            correct += float((hard_labels(loss, logits) == labels).sum())
     return total / len(indices), correct / len(indices)
 
 
