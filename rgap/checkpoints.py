@@ -262,14 +262,10 @@ def load_into(model: nn.Module, path: str | Path, model_cfg: Mapping[str, Any],
 
 def _load_checked(meta: Mapping[str, Any], path: Path, model: nn.Module, model_cfg: Mapping[str, Any],
                   input_shape: Sequence[int]) -> None:
-    _check_fits(meta, path, model, model_cfg, input_shape)
-    model.load_state_dict(meta["state_dict"])  # copies into the model's own tensors (its dtype and device)
-
-
-def _check_fits(meta: Mapping[str, Any], path: Path, model: nn.Module, model_cfg: Mapping[str, Any],
-                input_shape: Sequence[int]) -> None:
+    """Load ``meta``'s weights into ``model``, or raise ``CheckpointMismatchError`` listing every difference."""
     reasons = mismatches(meta, model, model_cfg, input_shape)
     if not reasons:
+        model.load_state_dict(meta["state_dict"])  # copies into the model's own tensors (its dtype and device)
         return
     stored = dict(meta.get("model_config") or {}).get("name")
     wanted = builder_config(model_cfg).get("name")
