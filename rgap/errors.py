@@ -12,6 +12,10 @@ class UserInputError(RGapBenchError):
     """Bad configuration or input from the user (unknown name, bad index, missing files)."""
 
 
+class OutputWriteError(UserInputError):
+    """A result file or directory could not be written (full disk, read-only directory, ...)."""
+
+
 class DatasetNotFoundError(UserInputError):
     """Dataset files are missing and could not be downloaded."""
 

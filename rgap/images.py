@@ -12,6 +12,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from rgap.atomic import atomic_save
+
 GRID_PADDING = 2
 
 
@@ -25,7 +27,7 @@ def save_image_grid(
     ``torchvision.utils.make_grid`` (``nrow`` images per row, default ``ceil(sqrt(B))``; 2-pixel white
     padding). The PNG is ``rows * (H*upscale + 2) + 2`` pixels high and
     ``cols * (W*upscale + 2) + 2`` wide; grayscale batches are written in PIL mode ``L``, colour as RGB.
-    Parent folders are created.
+    Parent folders are created; the file is written atomically.
     """
     if images.ndim == 3:
         images = images.unsqueeze(0)
@@ -53,9 +55,7 @@ def save_image_grid(
         pil = Image.fromarray(np.ascontiguousarray(array[:, :, 0]))  # uint8 HxW -> "L"
     else:
         pil = Image.fromarray(np.ascontiguousarray(array))  # uint8 HxWx3 -> "RGB"
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pil.save(out, format="PNG")
+    atomic_save(Path(path), lambda tmp: pil.save(tmp, format="PNG"))
 
 
 def rescale_minmax(images: Tensor) -> Tensor:

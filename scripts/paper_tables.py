@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from rgap.atomic import atomic_write_text
+from rgap.collect import load_rows
 from rgap.errors import UserInputError
-from scripts.collect import load_rows
 
 EXPERIMENTS = ("table1", "rank", "noise", "labels")
 #: Attacks in the paper's row order, with their display names; other attacks follow, sorted.
@@ -268,12 +268,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def atomic_write(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` atomically (``rgap.atomic``)."""
+    return atomic_write_text(path, text)
 
 
 @dataclass

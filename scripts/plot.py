@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from rgap.atomic import atomic_save  # noqa: E402
 from rgap.errors import UserInputError  # noqa: E402
 from scripts.paper_tables import (  # noqa: E402
     attack_order,
@@ -113,13 +113,10 @@ def log_x(ax: Axes) -> None:
 
 def save_figure(fig: Figure, out: Path, kind: str) -> list[Path]:
     """``<out>/<kind>.png`` (200 dpi) and ``.pdf``, each written to a temporary file and renamed."""
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
-        path = out / f"{kind}.{ext}"
-        tmp = out / f".{kind}.{os.getpid()}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, dpi=200, bbox_inches="tight")
-        os.replace(tmp, path)
+        path = atomic_save(out / f"{kind}.{ext}",
+                           lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=200, bbox_inches="tight"))
         paths.append(path)
     plt.close(fig)
     return paths
@@ -328,6 +325,18 @@ def plot_gallery(trials: pd.DataFrame, sweep_dir: Path, model: str | None = None
         grid = [(m, index, m) for m in models]
         title = f"image index {index}; PSNR under each reconstruction"
     attacks = attack_order(trials.loc[trials["model"].isin({g[0] for g in grid}), "attack"])
+    shown = trials[trials["model"].isin({g[0] for g in grid}) & trials["index"].isin({g[1] for g in grid})]
+    saved = sum((sweep_dir / "trials" / h / "reconstructed.png").is_file() for h in shown["config_hash"])
+    if saved == 0:
+        raise UserInputError(
+            f"None of the {len(shown)} trials this gallery shows has saved images (sweeps run with save_images=false "
+            "by default), so every frame would be empty. Re-run those trials with images, e.g. the same sweep command "
+            "plus `save_images=true overwrite=true` (add `index=...` to limit it to the images you want), then draw "
+            "the gallery again."
+        )
+    if saved < len(shown):
+        print(f"warning: {len(shown) - saved} of {len(shown)} trials in this gallery have no saved images; their "
+              "frames say 'no image saved' (re-run them with save_images=true overwrite=true).", file=sys.stderr)
     fig, axes = panels(len(grid), 1 + len(attacks), size=(1.4, 1.55))
     for r, (name, index, label) in enumerate(grid):
         rows = trials[(trials["model"] == name) & (trials["index"] == index)]
