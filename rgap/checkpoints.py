@@ -10,9 +10,9 @@ instantiation (:func:`builder_config`):
 
 ``checkpoint``  path to a checkpoint; null = untrained weights from the seeded init. Wins over ``state``.
 ``state``       ``untrained`` | ``trained`` (the newest matching checkpoint in ``<paths.results>/checkpoints``).
-``rank_check``  with checkpoint weights and the R-GAP attack, compare per-layer numerical ranks of the trained
-                model with the untrained one (the ``rank_note`` column). Two rank analyses: ~25 s for CNN6 on
-                one CPU thread, once per process and weights (cached), not counted in the attack time.
+``rank_check``  opt-in (default false): with checkpoint weights and the R-GAP attack, compare per-layer numerical
+                ranks of the trained model with the untrained one (the ``rank_note`` column). Two rank analyses
+                per process and weights (cached), not counted in the attack time.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgap.atomic import atomic_save
 from rgap.config import instantiate_group, short_error
 from rgap.errors import CheckpointMismatchError, UserInputError
+from rgap.validation import as_bool, as_path
 
 #: Model config keys that choose the weights, not the architecture (never passed to the builder).
 WEIGHT_KEYS = ("checkpoint", "state", "rank_check")
@@ -84,6 +86,17 @@ def builder_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _state_none(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
                 input_shape: Sequence[int] | None, num_outputs: int | None) -> Path | None:
     return None
+
+
+def check_weights_config(model_cfg: Mapping[str, Any]) -> None:
+    """Check the weight-choosing keys of a model config (types, choices, the checkpoint file) without loading."""
+    model_state(model_cfg)
+    as_bool(model_cfg.get("rank_check", False), "model.rank_check")
+    checkpoint = model_cfg.get("checkpoint")
+    if checkpoint is not None:
+        path = as_path(checkpoint, "model.checkpoint")
+        if not path.is_file():
+            read_checkpoint(path)  # raises the message for a directory or a missing file
 
 
 def model_state(model_cfg: Mapping[str, Any]) -> str:
@@ -154,7 +167,6 @@ def save_checkpoint(
     ``model_cfg`` is stored without :data:`WEIGHT_KEYS`; ``extra`` (plain values only) is stored as well.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         **dict(extra or {}),
         "format": FORMAT,
@@ -170,10 +182,7 @@ def save_checkpoint(
         "seed": int(seed),
         "torch_version": str(torch.__version__),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_save(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _missing_message(path: Path) -> str:
@@ -186,7 +195,12 @@ def _missing_message(path: Path) -> str:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict at ``path`` (on the CPU); a missing or foreign file is a ``UserInputError``."""
-    path = Path(path)
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_dir():
+        found = list_checkpoints(path)
+        listed = ", ".join(p.name for p in found[:8]) if found else "none"
+        raise UserInputError(f"model.checkpoint={path} is a directory, not a checkpoint file; give one .pt file "
+                             f"written by `python -m runners.train` (checkpoints in that directory: {listed}).")
     if not path.is_file():
         raise UserInputError(_missing_message(path))
     try:
@@ -353,7 +367,7 @@ def build_model(
     checkpoint = model_cfg.get("checkpoint")
     state = model_state(model_cfg)
     if checkpoint:
-        path: Path | None = Path(str(checkpoint))
+        path: Path | None = as_path(checkpoint, "model.checkpoint")
     else:
         path = STATES[state](model_cfg, dataset_name, results_dir, tuple(input_shape), num_outputs)
     if path is None:
@@ -395,7 +409,8 @@ def add_rank_note(weights: WeightsInfo, model_cfg: Mapping[str, Any], model: nn.
                   seed: int, num_outputs: int | None, attack: str) -> WeightsInfo:
     """``weights`` with its ``rank_note`` filled for checkpoint weights under an R-GAP attack when
     ``model.rank_check`` is true (the default); unchanged otherwise."""
-    if weights.checkpoint is None or attack not in RANK_NOTE_ATTACKS or not model_cfg.get("rank_check", True):
+    if weights.checkpoint is None or attack not in RANK_NOTE_ATTACKS or \
+            not as_bool(model_cfg.get("rank_check", False), "model.rank_check"):
         return weights
     key = json.dumps([weights.weights_hash, builder_config(model_cfg), [int(v) for v in input_shape], int(seed),
                       num_outputs], sort_keys=True, default=str)

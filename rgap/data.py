@@ -90,6 +90,10 @@ class ImageSet(abc.ABC):
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(images, labels)``: float32 ``[B, C, H, W]`` in ``[0, 1]`` and int64 ``[B]``."""
 
+    def sources(self, indices: Sequence[int]) -> list[str]:
+        """Where each image comes from (file name, photo and quadrant, split and index), for the row."""
+        return [f"{self.name}[{i}]" for i in self._check_indices(indices)]
+
     def _check_indices(self, indices: Sequence[int]) -> list[int]:
         """Validate ``indices`` against ``len(self)``; raises :class:`UserInputError` if one is bad."""
         if isinstance(indices, torch.Tensor):
@@ -124,10 +128,11 @@ class TensorImageSet(ImageSet):
     """An :class:`ImageSet` backed by in-memory tensors."""
 
     def __init__(
-        self, name: str, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
+        self, name: str, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+        sources: Sequence[str] | None = None,
     ) -> None:
         """``images``: float ``[N, C, H, W]`` in ``[0, 1]``; ``labels``: integer ``[N]`` in
-        ``[0, len(class_names))``."""
+        ``[0, len(class_names))``; ``sources``: one description per image (default ``name[i]``)."""
         if images.ndim != 4:
             raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images.shape)}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
@@ -140,11 +145,19 @@ class TensorImageSet(ImageSet):
         self.labels = labels.detach().to(torch.int64).contiguous()
         self.class_names = class_names
         self.num_classes = len(class_names)
+        if sources is not None and len(sources) != images.shape[0]:
+            raise ValueError(f"sources must have {images.shape[0]} entries, got {len(sources)}")
+        self._sources = None if sources is None else tuple(str(v) for v in sources)
         c, h, w = self.images.shape[1:]
         self.shape = (int(c), int(h), int(w))
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def sources(self, indices: Sequence[int]) -> list[str]:
+        if self._sources is None:
+            return super().sources(indices)
+        return [self._sources[i] for i in self._check_indices(indices)]
 
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return copies of the selected images and labels."""
@@ -175,7 +188,11 @@ class TorchvisionImageSet(ImageSet):
         self.num_classes = len(self.class_names)
         self.shape = (int(shape[0]), int(shape[1]), int(shape[2]))
         self.label_map = None if label_map is None else tuple(int(v) for v in label_map)
+        self.split = "train" if getattr(dataset, "train", True) else "test"
         self._to_tensor = ToTensor()
+
+    def sources(self, indices: Sequence[int]) -> list[str]:
+        return [f"{self.name}-{self.split}[{i}]" for i in self._check_indices(indices)]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -285,10 +302,12 @@ def load_sample(num_classes: int = 2, size: int = 32) -> ImageSet:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UserInputError(f"dataset 'sample' needs a positive integer image size, got size={size!r}.")
     images, photo = _sample_tensors(size)
+    quadrants = ("top-left", "top-right", "bottom-left", "bottom-right")
+    sources = [f"{SAMPLE_PHOTOS[int(p)][0]} {quadrants[i % 4]}" for i, p in enumerate(photo)]
     if num_classes == 2:
         binary = torch.tensor([label for _, label in SAMPLE_PHOTOS], dtype=torch.int64)
-        return TensorImageSet("sample", images, binary[photo], SAMPLE_BINARY_CLASS_NAMES)
-    return TensorImageSet("sample", images, photo, tuple(name for name, _ in SAMPLE_PHOTOS))
+        return TensorImageSet("sample", images, binary[photo], SAMPLE_BINARY_CLASS_NAMES, sources)
+    return TensorImageSet("sample", images, photo, tuple(name for name, _ in SAMPLE_PHOTOS), sources)
 
 
 def load_sample_gray(num_classes: int = 2) -> ImageSet:
@@ -300,7 +319,8 @@ def load_sample_gray(num_classes: int = 2) -> ImageSet:
             f"got num_classes={num_classes}."
         )
     images, labels = _sample_gray_tensors()
-    return TensorImageSet("sample_gray", images, labels, SAMPLE_GRAY_CLASS_NAMES)
+    sources = [f"lfw_subset[{i}]" for i in range(images.shape[0])]
+    return TensorImageSet("sample_gray", images, labels, SAMPLE_GRAY_CLASS_NAMES, sources)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -465,7 +485,7 @@ def load_folder(
         images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
     x = torch.stack(images).to(torch.float32) / 255.0
     labels = torch.full((len(files),), label, dtype=torch.int64)
-    return TensorImageSet("folder", x, labels, tuple(str(i) for i in range(num_classes)))
+    return TensorImageSet("folder", x, labels, tuple(str(i) for i in range(num_classes)), files)
 
 
 # --------------------------------------------------------------------------------------------------------

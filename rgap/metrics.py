@@ -8,8 +8,11 @@ float64 on the CPU with a data range of 1. A metric that cannot be computed is `
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,25 +128,41 @@ class LpipsScorer:
         import lpips  # imported lazily: it pulls in torchvision models
 
         try:
-            with warnings.catch_warnings():
-                # torchvision's "'pretrained' is deprecated" noise from inside lpips.
-                warnings.simplefilter("ignore", UserWarning)
+            # torchvision prints "Downloading: <url>" and a progress bar while it tries to fetch the backbone, and
+            # warns that 'pretrained' is deprecated: keep both off the user's terminal.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
                 model = lpips.LPIPS(net=self.net, pnet_rand=not self.pretrained_backbone, verbose=False)
         except Exception as exc:  # offline, missing cache, corrupt file, ...: all handled alike
             short = short_error(exc)
             self.reason = f"LPIPS backbone '{self.net}' could not be loaded offline: {short}"
-            message = self._explanation(short)
             if self.require:
-                raise UserInputError(message) from exc
+                raise UserInputError(self._explanation(short)) from exc
             key = (self.net, self.pretrained_backbone)
             if key not in _WARNED:
                 _WARNED.add(key)
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                print(self.off_line(), file=sys.stderr, flush=True)
             return
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         self._model = model.to(self.device)
+
+    def off_line(self) -> str:
+        """The one line printed (once per process) when LPIPS is unavailable."""
+        fname = _BACKBONE_FILES[self.net]
+        where = os.path.join(torch.hub.get_dir(), "checkpoints")
+        return (f"note: LPIPS is off (its {self.net} backbone {fname} is not in {where} and could not be "
+                f"downloaded); the lpips column stays empty. To enable it, copy {fname} there or run once with "
+                "internet access; metrics.lpips=false skips the attempt.")
+
+    @classmethod
+    def unavailable(cls, reason: str, net: str = "alex") -> LpipsScorer:
+        """A scorer already known to be unavailable (``reason`` goes to the rows); it never tries to load."""
+        scorer = cls(net=net)
+        scorer._tried, scorer.reason = True, reason
+        return scorer
 
     def _prepare(self, x: Tensor) -> Tensor:
         x = x.detach().to(device=self.device, dtype=torch.float32)

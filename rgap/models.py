@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rgap.errors import UserInputError
+from rgap.validation import as_bool, as_float, as_int
 
 ConvSpec = tuple[int, int, int, int]  # out_channels, kernel, stride, padding
 
@@ -74,10 +75,16 @@ def _seeded_build(builder: Callable[[], nn.Module], seed: int, init: str, init_s
 
 def head_size(num_outputs: int, num_classes: int | None) -> int:
     """Logits of the output layer: ``num_classes`` when the model config sets it, else ``num_outputs``."""
-    size = int(num_classes) if num_classes is not None else int(num_outputs)
-    if size < 1:
-        raise UserInputError(f"model.num_classes must be a positive integer or null, got {num_classes!r}.")
-    return size
+    if num_classes is not None:
+        return as_int(num_classes, "model.num_classes", minimum=1)
+    return as_int(num_outputs, "num_outputs", minimum=1)
+
+
+def check_options(init_std: float, slope: float, bias: bool) -> None:
+    """The options every zoo model shares: ``init_std`` finite and > 0, ``slope`` finite, ``bias`` a boolean."""
+    as_float(init_std, "model.init_std", positive=True)
+    as_float(slope, "model.slope")
+    as_bool(bias, "model.bias")
 
 
 def conv_net(
@@ -100,6 +107,7 @@ def conv_net(
     """
     channels, height, width = (int(v) for v in input_shape)
     num_outputs = head_size(num_outputs, num_classes)
+    check_options(init_std, slope, bias)
 
     def build() -> nn.Sequential:
         layers: list[nn.Module] = []
@@ -167,6 +175,7 @@ def fcn3(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_
          num_classes: int | None = None) -> nn.Sequential:
     """FCN3: |x| -> 1000 -> 100 -> 1, bias-free, LeakyReLU(0.2) after every layer including the last."""
     num_outputs = head_size(num_outputs, num_classes)
+    check_options(init_std, slope, bias)
     features = 1
     for v in input_shape:
         features *= int(v)

@@ -20,7 +20,8 @@ determined. The two can disagree (e.g. CNN6-d conv2: count -312, yet rank-defici
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from rgap.atomic import atomic_write_text
 from rgap.checkpoints import build_model
 from rgap.data import build_dataset
 from rgap.errors import UnsupportedLayerError
@@ -37,6 +39,7 @@ from rgap.losses import get_loss, head_loss, reversed_labels
 from rgap.models import collect_shapes
 from rgap.network import Stage, parse_stages
 from rgap.solvers import numerical_rank, singular_values_from_gram
+from rgap.validation import as_bool, as_int, as_path, as_shape
 
 
 @dataclass
@@ -119,6 +122,7 @@ def rank_analysis(
     seed: int = 0,
     numerical: bool = True,
     max_unknowns: int = 6000,
+    progress: Callable[[str], None] | None = None,
 ) -> list[LayerRank]:
     """Counts, virtual constraints and numerical rank of every layer, input layer first.
 
@@ -127,6 +131,7 @@ def rank_analysis(
     inverter, with the cut-off ``rgap.solvers.RCOND``. The model is copied and cast to float64; the original
     is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical`` is False and for layers
     with more than ``max_unknowns`` unknowns (their dense Gram matrix and eigendecomposition would be costly).
+    ``progress`` is called once per layer with a short line (layer, rank, seconds).
     """
     input_shape = tuple(int(s) for s in input_shape)
     work = copy.deepcopy(model).to(torch.float64)
@@ -143,6 +148,7 @@ def rank_analysis(
     rows = []
     for i, (stage, inverter, c) in enumerate(zip(stages, inverters, counts, strict=True)):
         rank = deficiency = None
+        started = time.perf_counter()
         if wanted[i]:
             k, grad_w, z = point[i]
             with torch.no_grad():
@@ -151,6 +157,9 @@ def rank_analysis(
             deficiency = c.x - rank
             del gram
         index_v = indices[i] - virtual[i]
+        if progress is not None:
+            found = f"rank {rank}/{c.x}" if rank is not None else f"{c.x} unknowns, rank not computed"
+            progress(f"{stage.name}: {found} ({time.perf_counter() - started:.1f} s)")
         rows.append(
             LayerRank(
                 layer=stage.name,
@@ -206,21 +215,23 @@ def rank_table(rows: list[LayerRank]) -> pd.DataFrame:
     return frame
 
 
-def run_rank_analysis(cfg: Mapping[str, Any], out_path: str | Path | None = None) -> pd.DataFrame:
+def run_rank_analysis(cfg: Mapping[str, Any], out_path: str | Path | None = None,
+                      progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The rank table for ``cfg`` (``conf/rank.yaml``): model built for the dataset's input shape, or for
     ``cfg.input_shape`` when set (no dataset files needed); written as CSV to ``out_path`` when given."""
-    if cfg.get("input_shape"):
-        input_shape = tuple(int(v) for v in cfg["input_shape"])
+    seed = as_int(cfg["seed"], "seed", minimum=0)
+    numerical = as_bool(cfg["numerical"], "numerical")
+    max_unknowns = as_int(cfg["max_unknowns"], "max_unknowns", minimum=1)
+    results_dir = as_path((cfg.get("paths") or {}).get("results", "results"), "paths.results")
+    if cfg.get("input_shape") is not None:
+        input_shape = as_shape(cfg["input_shape"], "input_shape")
     else:
         input_shape = build_dataset(cfg["dataset"]).shape
-    seed = int(cfg["seed"])
-    results_dir = str(cfg.get("paths", {}).get("results", "results"))
     model, _ = build_model(cfg["model"], input_shape, seed, results_dir=results_dir,
                            dataset_name=str(cfg["dataset"]["name"]) if cfg.get("dataset") else None)
-    rows = rank_analysis(model, input_shape, seed=seed, numerical=bool(cfg["numerical"]),
-                         max_unknowns=int(cfg["max_unknowns"]))
+    rows = rank_analysis(model, input_shape, seed=seed, numerical=numerical, max_unknowns=max_unknowns,
+                         progress=progress)
     table = rank_table(rows)
     if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out_path, index=False)
+        atomic_write_text(out_path, table.to_csv(index=False))
     return table

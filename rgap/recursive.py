@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
-from rgap.errors import UnsupportedInputError, UnsupportedLayerError, UserInputError
+from rgap.errors import UnsupportedInputError, UnsupportedLayerError
 from rgap.heads import TopStart, last_layer_roots, read_head
 from rgap.inverters import LayerInverter, make_inverter
 from rgap.losses import get_loss, signed_labels
 from rgap.network import Stage, parse_stages
 from rgap.solvers import Solution, SolveOptions
+from rgap.validation import as_bool, as_choice, as_float, as_int
 
 __all__ = ["RGAP", "Candidate", "last_layer_roots"]
 
@@ -70,12 +71,12 @@ class RGAP(Attack):
 
     def __init__(self, weight_constraints: bool = True, balance: bool = True, labels: str = "given",
                  dense_limit: int = 4096, cg_tol: float = 1e-12, cg_maxiter: int = 20000) -> None:
-        if labels not in LABEL_MODES:
-            raise UserInputError(f"attack.labels={labels!r} is not valid; valid choices: {', '.join(LABEL_MODES)}.")
-        self.weight_constraints = weight_constraints
-        self.balance = balance
-        self.labels = labels
-        self.options = SolveOptions(dense_limit=dense_limit, cg_tol=cg_tol, cg_maxiter=cg_maxiter)
+        self.weight_constraints = as_bool(weight_constraints, "attack.weight_constraints")
+        self.balance = as_bool(balance, "attack.balance")
+        self.labels = as_choice(labels, "attack.labels", LABEL_MODES)
+        self.options = SolveOptions(dense_limit=as_int(dense_limit, "attack.dense_limit", minimum=1),
+                                    cg_tol=as_float(cg_tol, "attack.cg_tol", positive=True),
+                                    cg_maxiter=as_int(cg_maxiter, "attack.cg_maxiter", minimum=1))
 
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
         if self.labels == "given" and shared.labels is None:

@@ -23,6 +23,7 @@ from rgap.errors import UserInputError
 from rgap.losses import get_loss, hard_labels
 from rgap.schema import write_csv
 from rgap.trial import resolve_device, resolve_head
+from rgap.validation import as_float, as_int, as_optional_int, as_path
 
 Progress = Callable[[str], None]
 
@@ -64,9 +65,19 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TrainSettings:
-        """The settings from a ``conf/train.yaml`` mapping (missing keys keep their defaults)."""
-        casts = {"epochs": int, "batch_size": int, "lr": float, "optimizer": str, "momentum": float,
-                 "weight_decay": float, "val_fraction": float, "seed": int, "device": str}
+        """The settings from a ``conf/train.yaml`` mapping (missing keys keep their defaults), type-checked:
+        ``epochs=2.5`` or ``lr=nan`` is a ``UserInputError``, not a silent truncation."""
+        casts: dict[str, Any] = {
+            "epochs": lambda v: as_int(v, "epochs", minimum=1),
+            "batch_size": lambda v: as_int(v, "batch_size", minimum=1),
+            "lr": lambda v: as_float(v, "lr", positive=True),
+            "optimizer": str,
+            "momentum": lambda v: as_float(v, "momentum", minimum=0.0),
+            "weight_decay": lambda v: as_float(v, "weight_decay", minimum=0.0),
+            "val_fraction": lambda v: as_float(v, "val_fraction", minimum=0.0),
+            "seed": lambda v: as_int(v, "seed", minimum=0),
+            "device": str,
+        }
         return cls(**{k: cast(cfg[k]) for k, cast in casts.items() if cfg.get(k) is not None})
 
 
@@ -199,16 +210,17 @@ def train_from_config(cfg: Mapping[str, Any], progress: Progress | None = print)
     """
     settings = TrainSettings.from_config(cfg)
     resolve_device(settings.device)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    threads = as_optional_int(cfg.get("threads"), "threads", minimum=1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     dataset = build_dataset(cfg["dataset"])
     dataset_name = str(cfg["dataset"]["name"])
     loss, outputs = resolve_head(cfg, dataset.num_classes)
-    results_dir = str(cfg.get("paths", {}).get("results", "results"))
+    results_dir = as_path((cfg.get("paths") or {}).get("results", "results"), "paths.results")
     model, start = build_model(cfg["model"], dataset.shape, settings.seed, num_outputs=outputs,
                                results_dir=results_dir, dataset_name=dataset_name)
     result = train_model(model, dataset, loss, settings, progress)
-    path = Path(str(cfg["output"])) if cfg.get("output") else default_checkpoint_path(
+    path = as_path(cfg["output"], "output") if cfg.get("output") else default_checkpoint_path(
         results_dir, str(cfg["model"]["name"]), dataset_name, settings.epochs, settings.seed)
     extra = {
         "history": [asdict(s) for s in result.history],

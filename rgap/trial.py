@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from rgap.attack import Attack, AttackResult, SharedGradient, TracePoint, TraceRecorder
-from rgap.checkpoints import WeightsInfo, add_rank_note, build_model
+from rgap.checkpoints import WeightsInfo, add_rank_note, build_model, check_weights_config
 from rgap.config import instantiate_group, short_error
 from rgap.data import ImageSet, build_dataset, select_indices
 from rgap.defenses import Defense, NoDefense, build_defense, defense_generator
@@ -33,11 +33,11 @@ from rgap.losses import get_loss, reversed_labels
 from rgap.matching import label_accuracy, match_to_originals
 from rgap.metrics import LpipsScorer, image_metrics
 from rgap.schema import TRACE_COLUMNS, write_csv, write_row
+from rgap.trial_config import LABEL_MODES, LOSSES, PRECISIONS, TrialOptions, threads_for
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
-LABEL_MODES = ("true", "reversed")
+DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass
@@ -66,11 +66,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def label_mode(value: Any) -> str:
-    """The ``label`` option as a string: YAML and Hydra read ``label=true`` as the boolean True."""
-    return "true" if value is True else str(value)
-
-
 def _choice(value: str, valid: Mapping[str, Any] | tuple[str, ...], key: str) -> str:
     if value not in valid:
         raise UserInputError(f"{key}={value!r} is not valid; valid choices: {', '.join(valid)}.")
@@ -93,7 +88,7 @@ def compute_shared_gradient(
     likely class. The returned gradient keeps
     the client's dtype; the attacker's model copy has the same weights.
     """
-    dtype = PRECISIONS[_choice(precision, PRECISIONS, "precision")]
+    dtype = DTYPES[_choice(precision, PRECISIONS, "precision")]
     _choice(label_mode, LABEL_MODES, "label")
     client = copy.deepcopy(model).to(device=device, dtype=dtype)
     x = images.to(device=device, dtype=dtype)
@@ -111,9 +106,6 @@ def compute_shared_gradient(
         input_shape=tuple(images.shape[1:]),
         batch_size=images.shape[0],
     )
-
-
-LOSSES = ("auto", "logistic", "cross_entropy")
 
 
 def resolve_head(cfg: Mapping[str, Any], dataset_classes: int) -> tuple[str, int]:
@@ -155,27 +147,54 @@ def per_example_gradients(shared: SharedGradient, images: torch.Tensor) -> list[
     return out
 
 
-def setup_trial(cfg: Mapping[str, Any]) -> Trial:
+def check_trial_config(cfg: Mapping[str, Any]) -> TrialOptions:
+    """Every check that needs no data and no model: the top-level options, the device, the loss, the attack and
+    defense (built, which validates their hyper-parameters) and the weight keys. Raises ``UserInputError``."""
+    options = TrialOptions.from_config(cfg)
+    resolve_device(options.device)
+    _resolved_loss(cfg)
+    check_weights_config(cfg["model"])
+    instantiate_group(cfg["attack"], "attack", Attack)
+    build_defense(cfg.get("defense"))
+    return options
+
+
+def cached_dataset(dataset_cfg: Mapping[str, Any]) -> ImageSet:
+    """``build_dataset`` once per process and dataset config (a sweep's jobs share the images)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(dataset_cfg, resolve=True) if isinstance(dataset_cfg, DictConfig) \
+        else dict(dataset_cfg)
+    key = json.dumps(plain, sort_keys=True, default=str)
+    if key not in _DATASETS:
+        _DATASETS.clear()  # keep one dataset in memory: a sweep runs its trials dataset by dataset
+        _DATASETS[key] = build_dataset(dataset_cfg)
+    return _DATASETS[key]
+
+
+_DATASETS: dict[str, ImageSet] = {}
+
+
+def setup_trial(cfg: Mapping[str, Any], options: TrialOptions | None = None) -> Trial:
     """Dataset, images, seeded model and shared gradient for one trial config."""
-    device = resolve_device(str(cfg["device"]))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    dataset = build_dataset(cfg["dataset"])
+    options = options or TrialOptions.from_config(cfg)
+    device = resolve_device(options.device)
+    dataset = cached_dataset(cfg["dataset"])
+    torch.set_num_threads(threads_for(options.threads, dataset.shape))
     loss, outputs = resolve_head(cfg, dataset.num_classes)
-    indices = select_indices(len(dataset), int(cfg["index"]), int(cfg["batch_size"]), int(cfg["seed"]))
+    indices = select_indices(len(dataset), options.index, options.batch_size, options.seed)
     images, labels = dataset.get(indices)
-    model, weights = build_model(cfg["model"], dataset.shape, int(cfg["seed"]), num_outputs=outputs,
-                                 results_dir=str(cfg.get("paths", {}).get("results", "results")),
-                                 dataset_name=str(cfg["dataset"]["name"]))
-    weights = add_rank_note(weights, cfg["model"], model, dataset.shape, int(cfg["seed"]), outputs,
-                            attack=str(cfg.get("attack", {}).get("name", "")))
+    model, weights = build_model(cfg["model"], dataset.shape, options.seed, num_outputs=outputs,
+                                 results_dir=options.results_dir, dataset_name=options.dataset)
+    weights = add_rank_note(weights, cfg["model"], model, dataset.shape, options.seed, outputs,
+                            attack=options.attack)
     shared = compute_shared_gradient(
-        model, images, labels, loss=loss, precision=str(cfg["precision"]),
-        label_mode=label_mode(cfg["label"]), device=device,
+        model, images, labels, loss=loss, precision=options.precision, label_mode=options.label_mode,
+        device=device,
     )
     defense = build_defense(cfg.get("defense"))
     shared = defense.defend(shared, lambda: per_example_gradients(shared, images),
-                            defense_generator(int(cfg["seed"])))
+                            defense_generator(options.seed))
     return Trial(dataset=dataset, indices=indices, images=images, labels=labels, shared=shared, weights=weights,
                  defense=defense)
 
@@ -211,13 +230,13 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _base_row(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _base_row(cfg: Mapping[str, Any], options: TrialOptions) -> dict[str, Any]:
     return {
-        "attack": cfg["attack"]["name"], "model": cfg["model"]["name"], "dataset": cfg["dataset"]["name"],
-        "batch_size": int(cfg["batch_size"]), "index": int(cfg["index"]), "seed": int(cfg["seed"]),
-        "label_mode": label_mode(cfg["label"]), "precision": cfg["precision"],
+        "attack": options.attack, "model": options.model, "dataset": options.dataset,
+        "batch_size": options.batch_size, "index": options.index, "seed": options.seed,
+        "label_mode": options.label_mode, "precision": options.precision,
         "loss": _resolved_loss(cfg),
-        "device": str(cfg["device"]),
+        "device": options.device,
         "torch_version": torch.__version__, "git_commit": git_commit(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -238,14 +257,16 @@ def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
     ``UserInputError`` propagates (bad config: nothing is written). What the attack cannot do becomes
     ``status=unsupported``, an unexpected attack error ``status=failed``; both keep the reason.
     """
-    row = _base_row(cfg)
+    options = TrialOptions.from_config(cfg)
+    row = _base_row(cfg, options)
     row["config_hash"] = config_hash
-    trial = setup_trial(cfg)
+    trial = setup_trial(cfg, options)
     row.update(trial.weights.columns(), defense=trial.defense.name, defense_params=trial.defense.describe())
     row["indices"] = " ".join(str(i) for i in trial.indices)
+    row["source"] = "; ".join(trial.dataset.sources(trial.indices))
     row["labels"] = " ".join(str(int(v)) for v in trial.shared.labels.cpu())  # what the client trained on
     attack = instantiate_group(cfg["attack"], "attack", Attack)
-    trace = TraceRecorder(every=int(cfg.get("trace_every", 10)), score=_trace_scorer(trial.images))
+    trace = TraceRecorder(every=options.trace_every, score=_trace_scorer(trial.images))
     try:
         result, seconds = timed_attack(attack, trial.shared, trace)
     except UnsupportedError as exc:
@@ -257,12 +278,12 @@ def run_trial(cfg: Mapping[str, Any], out_dir: str | Path | None = None,
         row.update(status="ok", reason="", time_s=seconds, iterations=result.iterations,
                    final_loss=result.final_loss, attack_info=json.dumps(result.info, sort_keys=True))
         reconstruction = _matched(result, trial.images)
-        row.update(_score(cfg, trial, result, reconstruction, lpips))
+        row.update(_score(options, trial, result, reconstruction, lpips))
         row.update(_labels(result, trial.shared.labels.cpu()))
         _finish_trace(trace, row)
         if out_dir is not None:
             write_csv([astuple(p) for p in trace.points], TRACE_COLUMNS, Path(out_dir) / "trace.csv")
-            if cfg.get("save_images", True):
+            if options.save_images:
                 _save_images(Path(out_dir), trial.images, reconstruction)
     if out_dir is not None:
         write_row(row, Path(out_dir) / "row.csv")
@@ -309,12 +330,12 @@ def _finish_trace(trace: TraceRecorder, row: dict[str, Any]) -> None:
         trace.points.append(final)
 
 
-def _score(cfg: Mapping[str, Any], trial: Trial, result: AttackResult, reconstruction: torch.Tensor,
+def _score(options: TrialOptions, trial: Trial, result: AttackResult, reconstruction: torch.Tensor,
            lpips: LpipsScorer | None) -> dict[str, Any]:
-    metrics_cfg = cfg.get("metrics", {})
-    if lpips is None and metrics_cfg.get("lpips", True):
-        lpips = shared_lpips_scorer(str(metrics_cfg.get("lpips_net", "alex")),
-                                    bool(metrics_cfg.get("require_lpips", False)))
+    if not options.lpips:
+        lpips = None
+    elif lpips is None:
+        lpips = shared_lpips_scorer(options.lpips_net, options.require_lpips)
     target = trial.images.mean(0, keepdim=True) if result.combined else trial.images
     scores = image_metrics(reconstruction, target, lpips)
     notes = "; ".join(f"{name}: {reason}" for name, reason in sorted(scores.reasons.items()))
