@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rgap.trial import format_summary, run_trial
-from runners.common import exit_on_user_error
+from runners.common import cli, exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="trial")
@@ -27,4 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from rgap.checkpoints import weights_hash
 from rgap.training import train_from_config, write_history
-from runners.common import exit_on_user_error
+from runners.common import cli, exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -33,4 +33,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rgap.config import instantiate_group
+from rgap.errors import UserInputError
 from rgap.rank import rank_analysis, rank_table, total_params
 from rgap.sweep import completed_rows
 from rgap.trial import git_commit
@@ -193,6 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), default=sorted(EXPERIMENTS))
     parser.add_argument("--no-sweep", action="store_true", help="only redraw tables and figures of finished sweeps")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UserInputError as exc:
+        print(textwrap.fill(f"error: {exc}", width=100, break_long_words=False), file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise UserInputError(f"--jobs {args.jobs}: give the number of parallel trials, 1 or more.")
     timings = {}
     started = time.perf_counter()
     for key in args.only:
