@@ -222,7 +222,7 @@ def test_image_metrics_with_lpips(random_lpips: LpipsScorer) -> None:
     assert "lpips" not in clean.reasons
 
 
-def test_lpips_load_failure_warns_once_and_returns_none(failing_lpips: None) -> None:
+def test_lpips_load_failure_says_one_line_once_and_returns_none(failing_lpips: None, capsys) -> None:
     x = torch.rand(2, 3, 32, 32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -231,10 +231,11 @@ def test_lpips_load_failure_warns_once_and_returns_none(failing_lpips: None) -> 
         assert scorer.score(x, x) == [None, None]
         second = LpipsScorer()
         result = image_metrics(x, x, lpips=second)
-    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(runtime) == 1
-    message = str(runtime[0].message)
-    assert "alexnet-owt-7be5be79.pth" in message and "require_lpips" in message
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1  # one line, printed once per process
+    message = captured.err
+    assert "alexnet-owt-7be5be79.pth" in message and "metrics.lpips=false" in message and "LPIPS is off" in message
     assert scorer.reason is not None and "\n" not in scorer.reason
     assert "could not be loaded offline" in scorer.reason and "OSError" in scorer.reason
     assert result.values["lpips"] is None and result.per_image["lpips"] == [None, None]

@@ -75,9 +75,10 @@ def test_sweep_counts_rerun_and_resume(tmp_path):
 
 
 def _writer(path: str, value: int, repeats: int) -> None:
-    row = {column: "" for column in ROW_COLUMNS}
+    row = dict.fromkeys(ROW_COLUMNS)
     for i in range(repeats):
-        row.update(attack="rgap", status="ok", mse=value, reason="x" * 5000, index=i)
+        row.update(attack="rgap", model="m", dataset="d", batch_size=1, seed=0, status="ok", mse=float(value),
+                   reason="x" * 5000, index=i)
         write_row(row, path)
 
 
