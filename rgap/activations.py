@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rgap.errors import UnsupportedLayerError
+from rgap.core.errors import UnsupportedLayerError
 
 
 class InvertibleActivation(ABC):

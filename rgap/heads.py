@@ -24,8 +24,8 @@ import scipy.optimize
 import torch
 
 from rgap.activations import IdentityActivation, InvertibleActivation
-from rgap.errors import UnsupportedInputError, UnsupportedLayerError
-from rgap.losses import logistic_dloss, signed_labels
+from rgap.attack.losses import logistic_dloss, signed_labels
+from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError
 from rgap.network import Stage
 
 #: Pre-activation grid on which the logistic last-layer equation is bracketed before Brent's method.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgap.errors import UnsupportedLayerError
+from rgap.core.errors import UnsupportedLayerError
 from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
 from rgap.solvers import Solution, SolveOptions, solve_gram
 

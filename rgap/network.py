@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from rgap.activations import IdentityActivation, InvertibleActivation, invertible_activation, is_activation
-from rgap.errors import UnsupportedLayerError
-from rgap.models import collect_shapes
+from rgap.core.errors import UnsupportedLayerError
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -122,3 +121,25 @@ def _check_weight_layer(layer: nn.Module, where: str) -> None:
         raise UnsupportedLayerError(
             f"{where}: R-GAP supports convolutions with groups=1, dilation=1 and numeric zero padding only."
         )
+
+
+def collect_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[tuple[int, ...], ...]]:
+    """Input and output shapes (without batch dim) of every leaf module, recorded with forward hooks.
+
+    ``forward``'s return value is untouched; returns ``{module: (input_shape, output_shape)}``.
+    """
+    shapes: dict[nn.Module, tuple[tuple[int, ...], ...]] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        shapes[module] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes

@@ -21,25 +21,18 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
-from rgap.atomic import atomic_write_text
-from rgap.checkpoints import build_model
-from rgap.data import build_dataset
-from rgap.errors import UnsupportedLayerError
+from rgap.attack.losses import get_loss, head_loss, reversed_labels
+from rgap.core.errors import UnsupportedLayerError
 from rgap.inverters import make_inverter
-from rgap.losses import get_loss, head_loss, reversed_labels
-from rgap.models import collect_shapes
-from rgap.network import Stage, parse_stages
+from rgap.network import Stage, collect_shapes, parse_stages
 from rgap.solvers import numerical_rank, singular_values_from_gram
-from rgap.validation import as_bool, as_int, as_path, as_shape
 
 
 @dataclass
@@ -213,25 +206,3 @@ def rank_table(rows: list[LayerRank]) -> pd.DataFrame:
     for column in ("rank", "deficiency"):
         frame[column] = frame[column].astype("Int64")
     return frame
-
-
-def run_rank_analysis(cfg: Mapping[str, Any], out_path: str | Path | None = None,
-                      progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """The rank table for ``cfg`` (``conf/rank.yaml``): model built for the dataset's input shape, or for
-    ``cfg.input_shape`` when set (no dataset files needed); written as CSV to ``out_path`` when given."""
-    seed = as_int(cfg["seed"], "seed", minimum=0)
-    numerical = as_bool(cfg["numerical"], "numerical")
-    max_unknowns = as_int(cfg["max_unknowns"], "max_unknowns", minimum=1)
-    results_dir = as_path((cfg.get("paths") or {}).get("results", "results"), "paths.results")
-    if cfg.get("input_shape") is not None:
-        input_shape = as_shape(cfg["input_shape"], "input_shape")
-    else:
-        input_shape = build_dataset(cfg["dataset"]).shape
-    model, _ = build_model(cfg["model"], input_shape, seed, results_dir=results_dir,
-                           dataset_name=str(cfg["dataset"]["name"]) if cfg.get("dataset") else None)
-    rows = rank_analysis(model, input_shape, seed=seed, numerical=numerical, max_unknowns=max_unknowns,
-                         progress=progress)
-    table = rank_table(rows)
-    if out_path is not None:
-        atomic_write_text(out_path, table.to_csv(index=False))
-    return table

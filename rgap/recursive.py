@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
-from rgap.errors import UnsupportedInputError, UnsupportedLayerError
+from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
+from rgap.attack.losses import get_loss, signed_labels
+from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError
+from rgap.core.validation import as_bool, as_choice, as_float, as_int
 from rgap.heads import TopStart, last_layer_roots, read_head
 from rgap.inverters import LayerInverter, make_inverter
-from rgap.losses import get_loss, signed_labels
 from rgap.network import Stage, parse_stages
 from rgap.solvers import Solution, SolveOptions
-from rgap.validation import as_bool, as_choice, as_float, as_int
 
 __all__ = ["RGAP", "Candidate", "last_layer_roots"]
 
@@ -68,6 +68,7 @@ class RGAP(Attack):
     """
 
     name = "rgap"
+    facts = AttackFacts(label="R-GAP", order=0, color="#0072B2", marker="o", closed_form=True)
 
     def __init__(self, weight_constraints: bool = True, balance: bool = True, labels: str = "given",
                  dense_limit: int = 4096, cg_tol: float = 1e-12, cg_maxiter: int = 20000) -> None:

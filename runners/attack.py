@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rgap.trial import format_summary, run_trial
+from rgap.harness.trial import format_summary, run_trial
 from runners.common import cli, exit_on_user_error
 
 

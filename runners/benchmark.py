@@ -15,8 +15,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rgap.sweep import progress_line, run_sweep_job, scan_sweep
-from rgap.validation import as_bool
+from rgap.core.validation import as_bool
+from rgap.harness.sweep import progress_line, run_sweep_job, scan_sweep
 from runners.callbacks import STARTED_FILE, TOTAL_FILE
 from runners.common import cli, exit_on_user_error
 

@@ -23,11 +23,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rgap.atomic import atomic_write_text, make_dirs
-from rgap.collect import collect
-from rgap.errors import UserInputError
-from rgap.sweep import check_sweep_config, scan_sweep
-from rgap.validation import as_name
+from rgap.core.atomic import atomic_write_text, make_dirs
+from rgap.core.errors import UserInputError
+from rgap.core.validation import as_name
+from rgap.harness.collect import collect
+from rgap.harness.sweep import check_sweep_config, scan_sweep
 from runners.common import USER_ERROR_EXIT, print_user_error
 
 STARTED_FILE = ".sweep_started"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rgap.errors import UserInputError
+from rgap.core.errors import UserInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rgap.rank import run_rank_analysis
+from rgap.harness.rank import run_rank_analysis
 from runners.common import cli, exit_on_user_error
 
 

@@ -12,8 +12,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rgap.checkpoints import weights_hash
-from rgap.training import train_from_config, write_history
+from rgap.zoo.checkpoints import weights_hash
+from rgap.zoo.training import train_from_config, write_history
 from runners.common import cli, exit_on_user_error
 
 
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
           f"({len(result.train_indices)} trained on)")
     print(f"checkpoint: {path} (weights hash {weights_hash(path)})")
     print(f"attack it: python -m runners.attack model={cfg.model.name} dataset={cfg.dataset.name} "
-          f"model.checkpoint={path}")
+          f"weights.checkpoint={path}")
     return result.val_accuracy
 
 

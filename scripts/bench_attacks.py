@@ -20,13 +20,14 @@ import torch
 from omegaconf import OmegaConf
 
 from rgap.attack import Attack
-from rgap.checkpoints import build_model
-from rgap.config import instantiate_group
-from rgap.data import build_dataset
-from rgap.errors import UnsupportedError
-from rgap.matching import label_accuracy
-from rgap.metrics import image_metrics
-from rgap.trial import compute_shared_gradient, timed_attack
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.config import instantiate_group
+from rgap.core.errors import UnsupportedError
+from rgap.evaluation.matching import label_accuracy
+from rgap.evaluation.metrics import image_metrics
+from rgap.harness.trial import timed_attack
+from rgap.zoo.checkpoints import build_model
+from rgap.zoo.data import build_dataset
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DATASET_FOR = {"cnn6": "sample", "cnn6d": "sample", "fcn3": "sample_gray", "lenet": "sample_gray"}

@@ -17,11 +17,12 @@ import sys
 
 import torch
 
-from rgap import models
-from rgap.data import load_sample, load_sample_gray
-from rgap.metrics import image_metrics
+from rgap.client.gradient import compute_shared_gradient
+from rgap.evaluation.metrics import image_metrics
+from rgap.harness.trial import timed_attack
 from rgap.recursive import RGAP
-from rgap.trial import compute_shared_gradient, timed_attack
+from rgap.zoo import models
+from rgap.zoo.data import load_sample, load_sample_gray
 
 DATASETS = {"sample": load_sample, "sample_gray": load_sample_gray}
 MODELS = {"cnn6": models.cnn6, "cnn6d": models.cnn6d, "fcn3": models.fcn3, "lenet": models.lenet}

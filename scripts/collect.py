@@ -3,7 +3,7 @@
     python -m scripts.collect <sweep dir> [--psnr-threshold 30]
 
 Writes ``trials.csv`` (every row, sorted), ``summary.csv`` and ``summary.md`` into the sweep directory (see
-``rgap.collect``). Invalid row files are named and nothing is written; re-running the sweep recomputes them.
+``rgap.harness.collect``). Invalid row files are named and nothing is written; re-running the sweep recomputes them.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import argparse
 import math
 import sys
 
-from rgap.collect import GROUP, METRICS, collect, load_rows, summarize
-from rgap.errors import UserInputError
-from rgap.schema import read_table
+from rgap.core.errors import UserInputError
+from rgap.harness.collect import GROUP, METRICS, collect, load_rows, summarize
+from rgap.harness.schema import read_table
 
 __all__ = ["GROUP", "METRICS", "collect", "load_rows", "main", "summarize"]
 

@@ -16,11 +16,11 @@ import sys
 import torch
 
 from rgap.attack import Attack
-from rgap.config import instantiate_group
-from rgap.data import build_dataset
-from rgap.matching import label_accuracy
-from rgap.models import lenet
-from rgap.trial import compute_shared_gradient
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.config import instantiate_group
+from rgap.evaluation.matching import label_accuracy
+from rgap.zoo.data import build_dataset
+from rgap.zoo.models import lenet
 from scripts.bench_attacks import load_group, parse_overrides
 
 #: iDLG paper, Table 1 (README of PatrickZH/Improved-Deep-Leakage-from-Gradients): label accuracy in %.

@@ -30,11 +30,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from rgap.config import instantiate_group
-from rgap.errors import UserInputError
+from rgap.core.config import instantiate_group
+from rgap.core.errors import UserInputError
+from rgap.harness.sweep import completed_rows
+from rgap.harness.trial import git_commit
 from rgap.rank import rank_analysis, rank_table, total_params
-from rgap.sweep import completed_rows
-from rgap.trial import git_commit
 from scripts.paper_tables import load_trials, write_tables
 from scripts.plot import make_plot
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rgap.atomic import atomic_write_text
-from rgap.collect import load_rows
-from rgap.errors import UserInputError
+from rgap.core.atomic import atomic_write_text
+from rgap.core.errors import UserInputError
+from rgap.harness.collect import load_rows
 
 EXPERIMENTS = ("table1", "rank", "noise", "labels")
 #: Attacks in the paper's row order, with their display names; other attacks follow, sorted.
@@ -268,7 +268,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def atomic_write(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` atomically (``rgap.atomic``)."""
+    """Write ``text`` to ``path`` atomically (``rgap.core.atomic``)."""
     return atomic_write_text(path, text)
 
 

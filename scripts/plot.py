@@ -40,8 +40,8 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rgap.atomic import atomic_save  # noqa: E402
-from rgap.errors import UserInputError  # noqa: E402
+from rgap.core.atomic import atomic_save  # noqa: E402
+from rgap.core.errors import UserInputError  # noqa: E402
 from scripts.paper_tables import (  # noqa: E402
     attack_order,
     column_keys,

@@ -14,12 +14,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rgap.collect import collect, load_rows
-from rgap.errors import OutputWriteError, UserInputError
-from rgap.schema import ROW_COLUMNS, InvalidRowError, read_row, write_row
-from rgap.sweep import check_sweep_config, claim, completed_rows, is_claimed, run_sweep_job, scan_sweep, trial_dir
-from rgap.trial_config import TrialOptions, threads_for
-from rgap.validation import as_bool, as_int, as_name, as_shape
+from rgap.core.errors import OutputWriteError, UserInputError
+from rgap.core.validation import as_bool, as_int, as_name, as_shape
+from rgap.harness.collect import collect, load_rows
+from rgap.harness.options import TrialOptions, threads_for
+from rgap.harness.schema import ROW_COLUMNS, InvalidRowError, read_row, write_row
+from rgap.harness.sweep import (
+    check_sweep_config,
+    claim,
+    completed_rows,
+    is_claimed,
+    run_sweep_job,
+    scan_sweep,
+    trial_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model=fcn3", "dataset=sample_gray", "metrics.lpips=false"]
@@ -204,7 +212,7 @@ def test_claim_is_exclusive_and_released_when_its_holder_is_killed(tmp_path):
 
 
 def test_claimed_trial_is_left_to_its_holder(trial_cfg, tmp_path):
-    from rgap.sweep import trial_hash
+    from rgap.harness.sweep import trial_hash
 
     cfg = trial_cfg(*FAST)
     ready = multiprocessing.Event()
@@ -236,7 +244,7 @@ def test_two_identical_sweeps_share_the_work(tmp_path):
 
 # ------------------------------------------------------------------------------------------ failed writes
 def test_full_disk_is_one_error_and_leaves_no_temporary_file(trial_cfg, tmp_path, monkeypatch):
-    import rgap.atomic
+    import rgap.core.atomic
 
     done = run_sweep_job(trial_cfg(*FAST, "index=0"), tmp_path)
     real_open = open
@@ -246,7 +254,7 @@ def test_full_disk_is_one_error_and_leaves_no_temporary_file(trial_cfg, tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(rgap.atomic, "open", full_disk, raising=False)
+    monkeypatch.setattr(rgap.core.atomic, "open", full_disk, raising=False)
     with pytest.raises(OutputWriteError, match="the disk is full") as info:
         run_sweep_job(trial_cfg(*FAST, "index=1"), tmp_path)
     assert "trace.csv" in str(info.value) and "finished trials are kept" in str(info.value)
@@ -361,6 +369,6 @@ def test_paper_offline_without_sweeps_is_one_paragraph(tmp_path):
 
 
 def test_checkpoint_directory_is_named_as_a_directory(tmp_path):
-    proc = cli("runners.attack", *FAST, f"model.checkpoint={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = cli("runners.attack", *FAST, f"weights.checkpoint={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     text = one_paragraph_exit_2(proc)
     assert "is a directory, not a checkpoint file" in text and "does not exist" not in text

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rgap.hashing import hash_payload, legacy_hashes, trial_hash
-from rgap.schema import read_row
+from rgap.harness.hashing import hash_payload, legacy_hashes, trial_hash
+from rgap.harness.schema import read_row
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = ROOT / "tests" / "data" / "v1"
@@ -52,11 +52,12 @@ def test_hash_ignores_project_module_paths_but_not_a_users_builder(trial_cfg):
 
 
 def test_a_version_1_checkpoint_loads(trial_cfg, tmp_path):
-    from rgap.checkpoints import build_model
+    from rgap.zoo.checkpoints import WeightsChoice, build_model
 
     path = V1 / "lenet_sample_gray_v1.pt"
-    cfg = trial_cfg("model=lenet", "dataset=sample_gray", f"model.checkpoint={path}")
-    model, weights = build_model(cfg.model, (1, 28, 28), 0, num_outputs=1, dataset_name="sample_gray")
+    cfg = trial_cfg("model=lenet", "dataset=sample_gray", f"weights.checkpoint={path}")
+    model, weights = build_model(cfg.model, (1, 28, 28), 0, num_outputs=1,
+                                 weights=WeightsChoice.from_config(cfg.weights), dataset_name="sample_gray")
     stored = __import__("torch").load(path, weights_only=True)["state_dict"]
     for name, tensor in model.state_dict().items():
         assert (tensor == stored[name]).all()

@@ -1,4 +1,4 @@
-"""Tests for rgap.data: tiny on-disk CIFAR-10 / MNIST, offline sample sets, folders, configs, indices."""
+"""Tests for rgap.zoo.data: tiny on-disk CIFAR-10 / MNIST, offline sample sets, folders, configs, indices."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from rgap.data import (
+from rgap.core.errors import DatasetNotFoundError, UserInputError
+from rgap.zoo.data import (
     ImageSet,
     TensorImageSet,
     TorchvisionImageSet,
@@ -26,7 +27,6 @@ from rgap.data import (
     load_sample_gray,
     select_indices,
 )
-from rgap.errors import DatasetNotFoundError, UserInputError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -310,7 +310,7 @@ def test_build_sample_configs() -> None:
     gray = build_dataset(_conf("sample_gray"))
     assert gray.name == "sample_gray" and gray.shape == (1, 28, 28)
     # A plain dict works too.
-    plain = {"name": "sample", "_target_": "rgap.data.load_sample", "num_classes": 8}
+    plain = {"name": "sample", "_target_": "rgap.zoo.data.load_sample", "num_classes": 8}
     assert build_dataset(plain).num_classes == 8
 
 
@@ -345,8 +345,8 @@ def test_build_config_errors(tmp_path: Path) -> None:
     bad.colour = "red"
     with pytest.raises(UserInputError, match="dataset.colour"):
         build_dataset(bad)
-    with pytest.raises(UserInputError, match="rgap.data.nope"):
-        build_dataset({"name": "x", "_target_": "rgap.data.nope"})
+    with pytest.raises(UserInputError, match="rgap.zoo.data.nope"):
+        build_dataset({"name": "x", "_target_": "rgap.zoo.data.nope"})
     with pytest.raises(UserInputError, match="_target_"):
         build_dataset({"name": "x", "num_classes": 2})
     bad_classes = _conf("sample")

@@ -21,11 +21,12 @@ from omegaconf import OmegaConf
 from baselines.dlg import DLG, IDLG, infer_labels
 from baselines.hgap import HGAP
 from rgap.attack import SharedGradient, TraceRecorder
-from rgap.config import instantiate_group
-from rgap.errors import UnsupportedInputError
-from rgap.models import conv_net
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.config import instantiate_group
+from rgap.core.errors import UnsupportedInputError
+from rgap.harness.trial import run_trial
 from rgap.recursive import RGAP
-from rgap.trial import compute_shared_gradient, run_trial
+from rgap.zoo.models import conv_net
 from tests.conftest import CONF_DIR
 
 PSNR_BAR = 40.0

@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from rgap.attack import SharedGradient
-from rgap.errors import UnsupportedError, UnsupportedInputError, UnsupportedLayerError
-from rgap.losses import get_loss
-from rgap.models import conv_net, fcn3
+from rgap.attack.losses import get_loss
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.errors import UnsupportedError, UnsupportedInputError, UnsupportedLayerError
+from rgap.harness.trial import run_trial
 from rgap.rank import rank_analysis
 from rgap.recursive import RGAP
-from rgap.trial import compute_shared_gradient, run_trial
+from rgap.zoo.models import conv_net, fcn3
 
 DTYPE = torch.float64
 SHAPE = (2, 6, 6)

@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 import baselines.ig as ig
 from baselines.ig import InvertingGradients, decay_milestones, final_step_size
 from rgap.attack import Attack, SharedGradient, TraceRecorder
-from rgap.config import instantiate_group
-from rgap.errors import UnsupportedInputError, UserInputError
-from rgap.models import conv_net
-from rgap.trial import compute_shared_gradient
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.config import instantiate_group
+from rgap.core.errors import UnsupportedInputError, UserInputError
+from rgap.zoo.models import conv_net
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack" / "ig.yaml"
 # The brief's tiny sigmoid net: conv1 has stride 2, so the input is NOT identifiable from the gradient (below).

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rgap.errors import UnsupportedLayerError
+from rgap.core.errors import UnsupportedLayerError
 from rgap.inverters import LayerInverter, LinearInverter, make_inverter
 
 DTYPE = torch.float64

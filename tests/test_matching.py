@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rgap.matching import label_accuracy, match_to_originals
+from rgap.evaluation.matching import label_accuracy, match_to_originals
 
 
 def test_matching_recovers_a_permutation():
@@ -28,9 +28,10 @@ def test_label_accuracy_is_a_multiset_overlap():
 
 def test_trial_reorders_a_permuted_batch_onto_the_images():
     from rgap.attack import AttackResult
-    from rgap.trial import _matched
+    from rgap.evaluation.score import evaluate
 
     images = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(1))
     result = AttackResult(reconstruction=images[[2, 0, 3, 1]].double())
-    assert torch.equal(_matched(result, images).float(), images)
-    assert result.info["matching"] == [2, 0, 3, 1]
+    evaluation = evaluate(result, 0.0, images, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(evaluation.reconstruction.float(), images)
+    assert evaluation.matching == [2, 0, 3, 1] and result.info == {}  # nothing passed back through info

@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgap import models
-from rgap.data import load_sample
-from rgap.errors import UserInputError
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.errors import UserInputError
+from rgap.evaluation.metrics import image_metrics
 from rgap.inverters import Conv2dInverter, make_inverter
 from rgap.matfree import conjugate_gradient, lanczos_cond, solve_normal
-from rgap.metrics import image_metrics
 from rgap.recursive import RGAP
 from rgap.solvers import SolveOptions
-from rgap.trial import compute_shared_gradient
+from rgap.zoo import models
+from rgap.zoo.data import load_sample
 
 DTYPE = torch.float64
 FORCE_CG = SolveOptions(dense_limit=0)

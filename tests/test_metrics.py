@@ -1,4 +1,4 @@
-"""Tests of rgap.metrics and rgap.images. Offline: LPIPS only ever runs with a random backbone."""
+"""Tests of rgap.evaluation.metrics and rgap.evaluation.images. Offline: LPIPS only ever runs with a random backbone."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from rgap import metrics
-from rgap.errors import UserInputError
-from rgap.images import rescale_minmax, save_image_grid
-from rgap.metrics import METRIC_NAMES, LpipsScorer, MetricResult, image_metrics
+from rgap.core.errors import UserInputError
+from rgap.evaluation import metrics
+from rgap.evaluation.images import rescale_minmax, save_image_grid
+from rgap.evaluation.metrics import METRIC_NAMES, LpipsScorer, MetricResult, image_metrics
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -15,8 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.collections import PathCollection
 from PIL import Image
 
-from rgap.schema import ROW_COLUMNS, TRACE_COLUMNS, write_csv, write_row
-from rgap.sweep import run_sweep_job
+from rgap.harness.schema import ROW_COLUMNS, TRACE_COLUMNS, write_csv, write_row
+from rgap.harness.sweep import run_sweep_job
 from scripts import paper_offline, paper_tables, plot
 from scripts.collect import collect
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgap.losses import logistic_loss
-from rgap.models import cnn6, cnn6d, conv_net
+from rgap.attack.losses import logistic_loss
 from rgap.rank import LayerRank, rank_analysis, rank_table, total_params, virtual_constraints
+from rgap.zoo.models import cnn6, cnn6d, conv_net
 
 CIFAR = (3, 32, 32)
 

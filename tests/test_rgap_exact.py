@@ -27,10 +27,10 @@ from torch import nn
 
 from rgap.activations import IdentityActivation
 from rgap.attack import SharedGradient
-from rgap.errors import UnsupportedError, UnsupportedInputError, UnsupportedLayerError
-from rgap.losses import logistic_loss
-from rgap.models import cnn6, cnn6d
+from rgap.attack.losses import logistic_loss
+from rgap.core.errors import UnsupportedError, UnsupportedInputError, UnsupportedLayerError
 from rgap.recursive import RGAP, last_layer_roots
+from rgap.zoo.models import cnn6, cnn6d
 
 DTYPE = torch.float64
 TOL = 1e-6  # see the module docstring

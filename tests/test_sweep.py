@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rgap.schema import ROW_COLUMNS, write_row
-from rgap.sweep import completed_rows, trial_hash
+from rgap.harness.schema import ROW_COLUMNS, write_row
+from rgap.harness.sweep import completed_rows, trial_hash
 from scripts.collect import collect, summarize
 from scripts.collect import main as collect_main
 

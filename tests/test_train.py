@@ -13,7 +13,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from rgap.checkpoints import (
+from rgap.attack.losses import logistic_loss
+from rgap.core.errors import CheckpointMismatchError, UserInputError
+from rgap.harness.rank import run_rank_analysis
+from rgap.harness.trial import run_trial, setup_trial
+from rgap.zoo.checkpoints import (
+    WeightsChoice,
     build_model,
     builder_config,
     load_into,
@@ -21,12 +26,8 @@ from rgap.checkpoints import (
     save_checkpoint,
     weights_hash,
 )
-from rgap.data import build_dataset
-from rgap.errors import CheckpointMismatchError, UserInputError
-from rgap.losses import logistic_loss
-from rgap.rank import run_rank_analysis
-from rgap.training import TrainSettings, split_indices, train_from_config, train_model
-from rgap.trial import run_trial, setup_trial
+from rgap.zoo.data import build_dataset
+from rgap.zoo.training import TrainSettings, split_indices, train_from_config, train_model
 from tests.conftest import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,8 @@ def _cnn6_checkpoint(trial_cfg, path: Path, name: str = "cnn6") -> Path:
 def test_cnn6_checkpoint_does_not_load_into_cnn6d(trial_cfg, tmp_path):
     path = _cnn6_checkpoint(trial_cfg, tmp_path / "cnn6.pt")
     with pytest.raises(CheckpointMismatchError) as info:
-        build_model(trial_cfg("model=cnn6d", f"model.checkpoint={path}")["model"], (3, 32, 32), 0, num_outputs=1)
+        build_model(trial_cfg("model=cnn6d")["model"], (3, 32, 32), 0, num_outputs=1,
+                    weights=WeightsChoice(checkpoint=path))
     message = str(info.value)
     assert "holds model cnn6 for input 3x32x32 with 1 output(s)" in message
     assert "model cnn6d for input 3x32x32 with 1 output(s) was requested" in message
@@ -118,31 +120,32 @@ def test_cnn6_checkpoint_does_not_load_into_cnn6d(trial_cfg, tmp_path):
     # A file whose stored name was edited to cnn6d still fails, on the parameter shapes.
     renamed = _cnn6_checkpoint(trial_cfg, tmp_path / "cnn6d.pt", name="cnn6d")
     with pytest.raises(CheckpointMismatchError, match=r"parameter shapes .*2\.weight"):
-        build_model(trial_cfg("model=cnn6d", f"model.checkpoint={renamed}")["model"], (3, 32, 32), 0, num_outputs=1)
+        build_model(trial_cfg("model=cnn6d")["model"], (3, 32, 32), 0, num_outputs=1,
+                    weights=WeightsChoice(checkpoint=renamed))
 
 
 def test_wrong_input_shape_or_head_fails(trained, trial_cfg):
     _, path = trained["lenet"]
     with pytest.raises(CheckpointMismatchError, match=r"input shape 1x28x28 vs 3x32x32"):
-        setup_trial(trial_cfg("model=lenet", "dataset=sample", f"model.checkpoint={path}"))
+        setup_trial(trial_cfg("model=lenet", "dataset=sample", f"weights.checkpoint={path}"))
     with pytest.raises(CheckpointMismatchError, match=r"outputs 1 vs 2"):
         setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", "model.num_classes=2",
-                              f"model.checkpoint={path}"))
+                              f"weights.checkpoint={path}"))
     with pytest.raises(CheckpointMismatchError, match=r"model.bias=False vs True"):
-        setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", "model.bias=true", f"model.checkpoint={path}"))
+        setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", "model.bias=true", f"weights.checkpoint={path}"))
 
 
 def test_missing_checkpoint_lists_the_available_ones(trained, trial_cfg):
     _, path = trained["lenet"]
     missing = path.parent / "lenet_sample_gray_e99_s0.pt"
     with pytest.raises(UserInputError) as info:
-        setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", f"model.checkpoint={missing}"))
+        setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", f"weights.checkpoint={missing}"))
     assert str(missing) in str(info.value) and "lenet_sample_gray_e20_s0.pt" in str(info.value)
     assert "fcn3_sample_gray_e3_s0.pt" in str(info.value) and "runners.train" in str(info.value)
     junk = path.parent.parent / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserInputError, match="could not be read as a checkpoint"):
-        setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", f"model.checkpoint={junk}"))
+        setup_trial(trial_cfg("model=lenet", "dataset=sample_gray", f"weights.checkpoint={junk}"))
 
 
 def test_state_trained_picks_the_newest_matching_checkpoint(trial_cfg, tmp_path):
@@ -160,22 +163,23 @@ def test_state_trained_picks_the_newest_matching_checkpoint(trial_cfg, tmp_path)
     os.utime(written["old"], (2_000_000, 2_000_000))
     os.utime(written["new"], (3_000_000, 3_000_000))
     _cnn6_checkpoint(trial_cfg, folder / "cnn6_newest.pt")  # newest file, but another model
-    trained_cfg = trial_cfg("model=lenet", "dataset=sample_gray", "model.state=trained", f"paths.results={tmp_path}")
-    model, weights = build_model(trained_cfg["model"], (1, 28, 28), 0, 1, tmp_path, "sample_gray")
+    trained_cfg = trial_cfg("model=lenet", "dataset=sample_gray", "weights.state=trained", f"paths.results={tmp_path}")
+    trained = WeightsChoice.from_config(trained_cfg["weights"])
+    model, weights = build_model(trained_cfg["model"], (1, 28, 28), 0, 1, trained, tmp_path, "sample_gray")
     assert weights.weights == f"checkpoint:{written['new']}" and weights.weights_hash == weights_hash(written["new"])
     assert torch.equal(next(model.parameters()), next(base.parameters()) + 2.0)
     with pytest.raises(UserInputError) as info:
-        build_model(trained_cfg["model"], (1, 28, 28), 0, 1, tmp_path, "sample")
+        build_model(trained_cfg["model"], (1, 28, 28), 0, 1, trained, tmp_path, "sample")
     assert "python -m runners.train model=lenet dataset=sample" in str(info.value)
     with pytest.raises(UserInputError, match="valid choices: untrained, trained"):
-        build_model(trial_cfg("model=lenet", "model.state=finetuned")["model"], (1, 28, 28), 0, 1)
+        WeightsChoice.from_config(trial_cfg("model=lenet", "weights.state=finetuned")["weights"])
 
 
 @pytest.mark.parametrize("model", ["lenet", "fcn3"])
 def test_rgap_is_exact_on_trained_weights_and_rows_record_them(trained, trial_cfg, model, tmp_path):
     _, path = trained[model]
-    row = run_trial(trial_cfg(f"model={model}", "dataset=sample_gray", "index=3", f"model.checkpoint={path}"),
-                    tmp_path)
+    row = run_trial(trial_cfg(f"model={model}", "dataset=sample_gray", "index=3", f"weights.checkpoint={path}",
+                              "weights.rank_check=true"), tmp_path)
     assert row["status"] == "ok" and row["psnr"] > 60.0  # float64 gradient: the closed form needs no random weights
     assert row["weights"] == f"checkpoint:{path}" and row["weights_hash"] == weights_hash(path)
     assert re.fullmatch(r"[0-9a-f]{12}", row["weights_hash"])
@@ -184,8 +188,7 @@ def test_rgap_is_exact_on_trained_weights_and_rows_record_them(trained, trial_cf
     init = "normal" if model == "lenet" else "default"
     assert untrained["weights"] == f"untrained:{init}" and untrained["weights_hash"] == ""
     assert untrained["rank_note"] == ""
-    skipped = run_trial(trial_cfg(f"model={model}", "dataset=sample_gray", "index=3", f"model.checkpoint={path}",
-                                  "model.rank_check=false"))
+    skipped = run_trial(trial_cfg(f"model={model}", "dataset=sample_gray", "index=3", f"weights.checkpoint={path}"))
     assert skipped["rank_note"] == "" and skipped["psnr"] == pytest.approx(row["psnr"])
 
 
@@ -193,7 +196,7 @@ def test_rank_analysis_reads_the_checkpoint(trained):
     _, path = trained["lenet"]
     untrained = run_rank_analysis(compose_config("rank", "model=lenet", "dataset=sample_gray"))
     table = run_rank_analysis(compose_config("rank", "model=lenet", "dataset=sample_gray",
-                                             f"model.checkpoint={path}"))
+                                             f"weights.checkpoint={path}"))
     assert list(table["layer"]) == list(untrained["layer"]) and table["rank"].notna().all()
 
 

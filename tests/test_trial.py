@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
-from rgap.errors import UserInputError
-from rgap.losses import logistic_loss
-from rgap.models import cnn6
+from rgap.attack.losses import logistic_loss
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.errors import UserInputError
+from rgap.harness.schema import ROW_COLUMNS
+from rgap.harness.trial import run_trial, setup_trial
 from rgap.recursive import RGAP
-from rgap.schema import ROW_COLUMNS
-from rgap.trial import compute_shared_gradient, run_trial, setup_trial
+from rgap.zoo.models import cnn6
 
 
 def read_row(path):
@@ -88,7 +89,7 @@ def test_conv_net_with_batch_is_an_unsupported_row(trial_cfg, tmp_path):
 
 
 def test_unsupported_layer_is_an_unsupported_row(trial_cfg, tmp_path):
-    cfg = trial_cfg("+model.activation=relu", "model._target_=rgap.models.conv_net", "+model.convs=[[4,3,1,1]]")
+    cfg = trial_cfg("+model.activation=relu", "model._target_=rgap.zoo.models.conv_net", "+model.convs=[[4,3,1,1]]")
     row = run_trial(cfg, tmp_path)
     assert row["status"] == "unsupported" and "ReLU" in row["reason"]
 

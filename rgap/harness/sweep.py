@@ -27,19 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgap.atomic import atomic_write_text, make_dirs, write_error
-from rgap.hashing import legacy_hashes, trial_hash
-from rgap.metrics import LpipsScorer
-from rgap.schema import STATUSES, InvalidRowError, read_row
-from rgap.trial import check_trial_config, format_summary, run_trial, shared_lpips_scorer
-from rgap.validation import as_bool, as_float, as_name
+from rgap.core.atomic import atomic_write_text, make_dirs, write_error
+from rgap.core.validation import as_bool, as_float, as_name
+from rgap.evaluation.metrics import LpipsScorer
+from rgap.harness.hashing import legacy_hashes, trial_hash
+from rgap.harness.schema import STATUSES, InvalidRowError, read_row
+from rgap.harness.trial import check_trial_config, format_summary, run_trial, shared_lpips_scorer
 
 ROW_FILE = "row.csv"
 CLAIM_FILE = ".claim"
 
 
 def check_sweep_config(cfg: Mapping[str, Any]) -> None:
-    """The trial checks of :func:`rgap.trial.check_trial_config` plus the sweep's own options."""
+    """The trial checks of :func:`rgap.harness.trial.check_trial_config` plus the sweep's own options."""
     check_trial_config(cfg)
     as_name(cfg.get("sweep_name", "default"), "sweep_name")
     as_bool(cfg.get("overwrite", False), "overwrite")
@@ -151,7 +151,7 @@ class JobOutcome:
 def run_sweep_job(cfg: Mapping[str, Any], sweep_dir: str | Path, overwrite: bool = False) -> JobOutcome:
     """Run one sweep trial unless its valid row exists or another process is running it.
 
-    A row stored by an earlier version under its old hash (:func:`rgap.hashing.legacy_hashes`) counts as done;
+    A row stored by an earlier version under its old hash (:func:`rgap.harness.hashing.legacy_hashes`) counts as done;
     when the trial is re-run (``overwrite``), that old row is removed so the trial is never listed twice.
     """
     key = trial_hash(cfg)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rgap.errors import UserInputError
+from rgap.core.errors import UserInputError
 
 
 def signed_labels(labels: torch.Tensor) -> torch.Tensor:

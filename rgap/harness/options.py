@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rgap.validation import as_bool, as_choice, as_int, as_path
+from rgap.core.validation import as_bool, as_choice, as_int, as_path
+from rgap.zoo.checkpoints import WeightsChoice
+from rgap.zoo.models import resolve_loss
 
 PRECISIONS = ("float64", "float32")
 LABEL_MODES = ("true", "reversed")
-LOSSES = ("auto", "logistic", "cross_entropy")
 LPIPS_NETS = ("alex", "vgg", "vgg16", "squeeze")
 #: Images with at most this many pixels (H x W) run on one torch thread under ``threads=auto``.
 AUTO_ONE_THREAD_PIXELS = 64 * 64
@@ -36,7 +37,9 @@ class TrialOptions:
     seed: int
     label_mode: str
     precision: str
-    loss: str  # as configured: auto | logistic | cross_entropy
+    loss: str  # logistic | cross_entropy (``auto`` resolved from model.num_classes)
+    num_classes: int | None  # model.num_classes: logits of the head (None: from the loss and the dataset)
+    weights: WeightsChoice  # which weights the model has (untrained, a checkpoint, the newest trained one)
     device: str
     threads: int | str  # a thread count, or "auto" (see :func:`threads_for`)
     trace_every: int
@@ -51,6 +54,8 @@ class TrialOptions:
         """Check every top-level option of ``cfg``; the first bad one is a ``UserInputError``."""
         metrics = cfg.get("metrics") or {}
         threads = cfg.get("threads", "auto")
+        num_classes = cfg["model"].get("num_classes")
+        num_classes = None if num_classes is None else as_int(num_classes, "model.num_classes", minimum=1)
         return cls(
             attack=str(cfg["attack"]["name"]),
             model=str(cfg["model"]["name"]),
@@ -60,7 +65,9 @@ class TrialOptions:
             seed=as_int(cfg["seed"], "seed", minimum=0),
             label_mode=as_choice(label_mode(cfg["label"]), "label", LABEL_MODES),
             precision=as_choice(cfg["precision"], "precision", PRECISIONS),
-            loss=as_choice(cfg["loss"], "loss", LOSSES),
+            loss=resolve_loss(cfg["loss"], num_classes),
+            num_classes=num_classes,
+            weights=WeightsChoice.from_config(cfg.get("weights")),
             device=str(cfg["device"]),
             threads="auto" if threads in (None, "auto") else as_int(threads, "threads", minimum=1),
             trace_every=as_int(cfg.get("trace_every", 10), "trace_every", minimum=1),

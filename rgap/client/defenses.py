@@ -21,26 +21,29 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from rgap.attack import SharedGradient
-from rgap.errors import UserInputError
+from rgap.core.config import instantiate_group
+from rgap.core.errors import UserInputError
+from rgap.core.validation import as_bool, as_float
 
 #: Added to the trial seed for the defense's noise, so it never shares a stream with the model or index draws.
 SEED_OFFSET = 7919
 
-#: Per-example gradients of the client's batch: one list of parameter gradients per example.
-PerExample = Callable[[], list[list[torch.Tensor]]]
+#: Gradients: one tensor per parameter, in ``model.parameters()`` order.
+Gradients = list[torch.Tensor]
 
 
 class Defense(ABC):
-    """Transforms the client's shared gradient before any attack sees it."""
+    """Transforms the client's gradient before any attack sees it (the client applies it, see
+    ``rgap.client.gradient.Client``)."""
 
     name: str = "defense"
+    #: True when ``defend`` needs each example's own gradient (the client then computes them).
+    needs_per_example: bool = False
 
     def params(self) -> dict[str, Any]:
         """The defense's parameters, as recorded in the row (``defense_params``)."""
@@ -51,8 +54,10 @@ class Defense(ABC):
         return json.dumps(self.params(), sort_keys=True)
 
     @abstractmethod
-    def defend(self, shared: SharedGradient, per_example: PerExample, generator: torch.Generator) -> SharedGradient:
-        """The defended copy of ``shared`` (the input is never modified)."""
+    def defend(self, gradients: Gradients, per_example: list[Gradients] | None,
+               generator: torch.Generator) -> Gradients:
+        """The defended gradients (the inputs are never modified); ``per_example`` is given when
+        ``needs_per_example``."""
 
 
 def _noise(like: torch.Tensor, kind: str, scale: float, generator: torch.Generator) -> torch.Tensor:
@@ -66,10 +71,7 @@ def _noise(like: torch.Tensor, kind: str, scale: float, generator: torch.Generat
 
 
 def _check_nonnegative(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise UserInputError(f"defense.{name}={value!r} is not valid; it must be a finite number >= 0.")
-    return value
+    return as_float(value, f"defense.{name}", minimum=0.0)
 
 
 class NoDefense(Defense):
@@ -77,8 +79,9 @@ class NoDefense(Defense):
 
     name = "none"
 
-    def defend(self, shared: SharedGradient, per_example: PerExample, generator: torch.Generator) -> SharedGradient:
-        return shared
+    def defend(self, gradients: Gradients, per_example: list[Gradients] | None,
+               generator: torch.Generator) -> Gradients:
+        return gradients
 
 
 class _AdditiveNoise(Defense):
@@ -86,17 +89,18 @@ class _AdditiveNoise(Defense):
 
     def __init__(self, scale: float = 0.0, relative: bool = False) -> None:
         self.scale = _check_nonnegative("scale", scale)
-        self.relative = bool(relative)
+        self.relative = as_bool(relative, "defense.relative")
 
     def params(self) -> dict[str, Any]:
         return {"scale": self.scale, "relative": self.relative}
 
-    def defend(self, shared: SharedGradient, per_example: PerExample, generator: torch.Generator) -> SharedGradient:
+    def defend(self, gradients: Gradients, per_example: list[Gradients] | None,
+               generator: torch.Generator) -> Gradients:
         noisy = []
-        for grad in shared.gradients:
+        for grad in gradients:
             scale = self.scale * float(grad.pow(2).mean().sqrt()) if self.relative else self.scale
             noisy.append(grad + _noise(grad, self.kind, scale, generator))
-        return replace(shared, gradients=noisy)
+        return noisy
 
 
 class GaussianNoise(_AdditiveNoise):
@@ -119,7 +123,7 @@ class GradientPruning(Defense):
     name = "prune"
 
     def __init__(self, prune_ratio: float = 0.0) -> None:
-        ratio = float(prune_ratio)
+        ratio = as_float(prune_ratio, "defense.prune_ratio", minimum=0.0)
         if not 0.0 <= ratio < 1.0:
             raise UserInputError(f"defense.prune_ratio={prune_ratio!r} is not valid; it must be in [0, 1) "
                                  "(the fraction of each layer's gradient entries set to zero).")
@@ -128,21 +132,23 @@ class GradientPruning(Defense):
     def params(self) -> dict[str, Any]:
         return {"prune_ratio": self.prune_ratio}
 
-    def defend(self, shared: SharedGradient, per_example: PerExample, generator: torch.Generator) -> SharedGradient:
+    def defend(self, gradients: Gradients, per_example: list[Gradients] | None,
+               generator: torch.Generator) -> Gradients:
         pruned = []
-        for grad in shared.gradients:
+        for grad in gradients:
             drop = int(math.floor(self.prune_ratio * grad.numel()))
             flat = grad.reshape(-1).clone()
             if drop > 0:
                 flat[torch.argsort(flat.abs(), stable=True)[:drop]] = 0.0
             pruned.append(flat.reshape(grad.shape))
-        return replace(shared, gradients=pruned)
+        return pruned
 
 
 class DPSGD(Defense):
     """Per-example clipping to ``clip_norm`` plus Gaussian noise ``noise_multiplier * clip_norm``, mean over B."""
 
     name = "dpsgd"
+    needs_per_example = True
 
     def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0) -> None:
         self.clip_norm = _check_nonnegative("clip_norm", clip_norm)
@@ -153,17 +159,19 @@ class DPSGD(Defense):
     def params(self) -> dict[str, Any]:
         return {"clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier}
 
-    def defend(self, shared: SharedGradient, per_example: PerExample, generator: torch.Generator) -> SharedGradient:
-        examples = per_example()
-        total = [torch.zeros_like(g) for g in shared.gradients]
+    def defend(self, gradients: Gradients, per_example: list[Gradients] | None,
+               generator: torch.Generator) -> Gradients:
+        if per_example is None:
+            raise ValueError("DP-SGD needs each example's gradient (the client computes them).")
+        examples = per_example
+        total = [torch.zeros_like(g) for g in gradients]
         for grads in examples:
             norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
             factor = min(1.0, self.clip_norm / norm) if norm > 0 else 1.0
             for acc, g in zip(total, grads, strict=True):
                 acc.add_(g, alpha=factor)
         std = self.noise_multiplier * self.clip_norm
-        defended = [(acc + _noise(acc, "normal", std, generator)) / len(examples) for acc in total]
-        return replace(shared, gradients=defended)
+        return [(acc + _noise(acc, "normal", std, generator)) / len(examples) for acc in total]
 
 
 def defense_generator(seed: int) -> torch.Generator:
@@ -175,6 +183,4 @@ def build_defense(cfg: Mapping[str, Any] | None) -> Defense:
     """The defense of a trial config's ``defense`` group (``None``: no defense, for configs written before it)."""
     if cfg is None:
         return NoDefense()
-    from rgap.config import instantiate_group
-
     return instantiate_group(cfg, "defense", Defense)

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 #: Top-level keys that do not change a trial's result (outputs and bookkeeping), left out of its hash.
-NOT_HASHED = ("hydra", "paths", "overwrite", "sweep_name", "save_images", "collect", "psnr_threshold")
+NOT_HASHED = ("hydra", "paths", "overwrite", "sweep_name", "save_images", "collect", "psnr_threshold", "run_name")
 #: ``_target_`` values under these prefixes are this project's own code and are not hashed.
 PROJECT_PACKAGES = ("rgap.", "baselines.")
 GROUPS = ("attack", "model", "dataset", "defense")
@@ -31,15 +31,15 @@ GROUPS = ("attack", "model", "dataset", "defense")
 V1_TARGETS: dict[str, dict[str, str]] = {
     "attack": {"rgap": "rgap.recursive.RGAP", "dlg": "baselines.dlg.DLG", "idlg": "baselines.dlg.IDLG",
                "ig": "baselines.ig.InvertingGradients", "hgap": "baselines.hgap.HGAP"},
-    "model": {"cnn6": "rgap.models.cnn6", "cnn6d": "rgap.models.cnn6d", "cnn6w": "rgap.models.cnn6w",
-              "fcn3": "rgap.models.fcn3", "lenet": "rgap.models.lenet",
-              **{f"rankfig_{c}": "rgap.models.conv_net" for c in "abcde"}},
-    "dataset": {"sample": "rgap.data.load_sample", "sample_gray": "rgap.data.load_sample_gray",
-                "cifar10": "rgap.data.load_cifar10", "mnist": "rgap.data.load_mnist",
-                "folder": "rgap.data.load_folder"},
-    "defense": {"none": "rgap.defenses.NoDefense", "gaussian": "rgap.defenses.GaussianNoise",
-                "laplace": "rgap.defenses.LaplaceNoise", "prune": "rgap.defenses.GradientPruning",
-                "dpsgd": "rgap.defenses.DPSGD"},
+    "model": {"cnn6": "rgap.zoo.models.cnn6", "cnn6d": "rgap.zoo.models.cnn6d", "cnn6w": "rgap.zoo.models.cnn6w",
+              "fcn3": "rgap.zoo.models.fcn3", "lenet": "rgap.zoo.models.lenet",
+              **{f"rankfig_{c}": "rgap.zoo.models.conv_net" for c in "abcde"}},
+    "dataset": {"sample": "rgap.zoo.data.load_sample", "sample_gray": "rgap.zoo.data.load_sample_gray",
+                "cifar10": "rgap.zoo.data.load_cifar10", "mnist": "rgap.zoo.data.load_mnist",
+                "folder": "rgap.zoo.data.load_folder"},
+    "defense": {"none": "rgap.client.defenses.NoDefense", "gaussian": "rgap.client.defenses.GaussianNoise",
+                "laplace": "rgap.client.defenses.LaplaceNoise", "prune": "rgap.client.defenses.GradientPruning",
+                "dpsgd": "rgap.client.defenses.DPSGD"},
 }
 
 
@@ -77,7 +77,8 @@ def legacy_hashes(cfg: Mapping[str, Any]) -> list[str]:
     """The version-1 hashes this trial may have been stored under by an earlier version of this project.
 
     Version 1 hashed the resolved config (minus :data:`NOT_HASHED`) with the ``_target_`` paths of its time and
-    ``model.rank_check`` (then default true) inside the model; ``threads: null`` was the default of single runs.
+    the weight keys (``checkpoint``, ``state``, ``rank_check``, then default true) inside ``model``;
+    ``threads: null`` was the default of single runs.
     Only project targets are mapped back; a trial with a user's own builder keeps its path.
     """
     payload = _container(cfg)
@@ -86,6 +87,9 @@ def legacy_hashes(cfg: Mapping[str, Any]) -> list[str]:
         if isinstance(node, dict) and _is_project_target(node.get("_target_")) and node.get("name") in targets:
             node["_target_"] = targets[node["name"]]
     model = payload.get("model")
+    weights = payload.pop("weights", None)
+    if isinstance(model, dict) and isinstance(weights, dict):  # version 1 kept the weight keys in the model
+        model.update({k: weights[k] for k in ("checkpoint", "state", "rank_check") if k in weights})
     rank_checks: list[Any] = [None]
     if isinstance(model, dict) and "rank_check" in model:
         rank_checks = list(dict.fromkeys([model["rank_check"], True, False]))

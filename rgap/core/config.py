@@ -11,16 +11,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from rgap.errors import RGapBenchError, UserInputError
+from rgap.core.errors import RGapBenchError, UserInputError, short_error
 
 T = TypeVar("T")
-
-
-def short_error(exc: BaseException, limit: int = 200) -> str:
-    """``Type: message`` on one line, cut to ``limit`` characters."""
-    text = " ".join(str(exc).split()) or repr(exc)
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_hydra_key(key: str) -> bool:

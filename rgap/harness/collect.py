@@ -5,7 +5,7 @@ trials and of ok / unsupported / failed ones; metric means and medians are over 
 ``count``), and ``frac_psnr_above`` is over *all* trials, so unsupported and failed trials count as misses,
 never silently dropped.
 
-Every row file is read through :func:`rgap.schema.read_row`. If any is invalid (cut, appended to, empty,
+Every row file is read through :func:`rgap.harness.schema.read_row`. If any is invalid (cut, appended to, empty,
 foreign), nothing is written: the error names each file and why, and re-running the sweep recomputes them.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rgap.atomic import atomic_write_text
-from rgap.errors import UserInputError
-from rgap.schema import ROW_COLUMNS, rows_frame
-from rgap.sweep import scan_sweep
+from rgap.core.atomic import atomic_write_text
+from rgap.core.errors import UserInputError
+from rgap.harness.schema import ROW_COLUMNS, rows_frame
+from rgap.harness.sweep import scan_sweep
 
 GROUP = ["attack", "model", "dataset", "batch_size", "defense", "defense_params", "weights"]
 METRICS = ["mse", "psnr", "ssim", "lpips", "label_acc", "time_s"]

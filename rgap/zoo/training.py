@@ -1,6 +1,6 @@
 """Train an attacked model on its own task, so that attacks can be run on trained weights.
 
-The head and loss are those a trial builds (:func:`rgap.trial.resolve_head`): one logit with the logistic loss
+The head and loss are those a trial builds (:func:`rgap.zoo.models.task_head`): one logit with the logistic loss
 on binary labels, or softmax cross-entropy over ``model.num_classes`` logits. Training is float32, on a
 deterministic seeded split (the last ``val_fraction`` of a seeded permutation is the validation set) and a
 seeded shuffle per epoch. ``python -m runners.train`` calls :func:`train_from_config`; tests call the parts.
@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgap.checkpoints import build_model, default_checkpoint_path, save_checkpoint
-from rgap.data import ImageSet, build_dataset
-from rgap.errors import UserInputError
-from rgap.losses import get_loss, hard_labels
-from rgap.schema import write_csv
-from rgap.trial import resolve_device, resolve_head
-from rgap.validation import as_float, as_int, as_optional_int, as_path
+from rgap.attack.losses import get_loss, hard_labels
+from rgap.core.atomic import write_csv
+from rgap.core.errors import UserInputError
+from rgap.core.validation import as_device, as_float, as_int, as_optional_int, as_path
+from rgap.zoo.checkpoints import WeightsChoice, build_model, default_checkpoint_path, save_checkpoint
+from rgap.zoo.data import ImageSet, build_dataset
+from rgap.zoo.models import task_head
 
 Progress = Callable[[str], None]
 
@@ -156,7 +156,7 @@ def train_model(model: nn.Module, dataset: ImageSet, loss: str, settings: TrainS
 
     Returns the model (in eval mode) and the per-epoch history; ``progress`` receives one line per epoch.
     """
-    device = resolve_device(settings.device)
+    device = as_device(settings.device)
     loss_fn = get_loss(loss)
     model = model.to(device=device, dtype=torch.float32)
     train_idx, val_idx = split_indices(len(dataset), settings.val_fraction, settings.seed)
@@ -206,18 +206,19 @@ def train_from_config(cfg: Mapping[str, Any], progress: Progress | None = print)
     """Train the model of a ``conf/train.yaml`` config and save its checkpoint; returns (result, path).
 
     The checkpoint goes to ``cfg.output`` or, when null, ``<paths.results>/checkpoints/<model>_<dataset>_
-    e<epochs>_s<seed>.pt``. A ``model.checkpoint`` (or ``model.state=trained``) is the starting point.
+    e<epochs>_s<seed>.pt``. A ``weights.checkpoint`` (or ``weights.state=trained``) is the starting point.
     """
     settings = TrainSettings.from_config(cfg)
-    resolve_device(settings.device)
+    as_device(settings.device)
     threads = as_optional_int(cfg.get("threads"), "threads", minimum=1)
     if threads is not None:
         torch.set_num_threads(threads)
     dataset = build_dataset(cfg["dataset"])
     dataset_name = str(cfg["dataset"]["name"])
-    loss, outputs = resolve_head(cfg, dataset.num_classes)
+    loss, outputs = task_head(str(cfg["loss"]), cfg["model"].get("num_classes"), dataset.num_classes)
     results_dir = as_path((cfg.get("paths") or {}).get("results", "results"), "paths.results")
     model, start = build_model(cfg["model"], dataset.shape, settings.seed, num_outputs=outputs,
+                               weights=WeightsChoice.from_config(cfg.get("weights")),
                                results_dir=results_dir, dataset_name=dataset_name)
     result = train_model(model, dataset, loss, settings, progress)
     path = as_path(cfg["output"], "output") if cfg.get("output") else default_checkpoint_path(

@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rgap.atomic import atomic_write
-from rgap.errors import RGapBenchError
+from rgap.core.atomic import write_csv
+from rgap.core.errors import RGapBenchError
 
 STATUSES = ("ok", "unsupported", "failed")
 
@@ -56,14 +56,6 @@ class InvalidRowError(RGapBenchError):
 # --------------------------------------------------------------------------------------------------------
 # Cells
 # --------------------------------------------------------------------------------------------------------
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def _parse_int(text: str) -> int:
     if text.strip() != text or not text.lstrip("-").isdigit():
         raise ValueError(f"{text!r} is not an integer")
@@ -124,20 +116,6 @@ def check_row(row: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------
-def write_csv(rows: Iterable[Mapping[str, Any]] | Iterable[tuple], columns: tuple[str, ...],
-              path: str | os.PathLike) -> Path:
-    """Write ``rows`` (mappings or tuples in ``columns`` order) under a header, atomically."""
-
-    def write(handle: Any) -> None:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            values = [row.get(c) for c in columns] if isinstance(row, Mapping) else list(row)
-            writer.writerow([_cell(v) for v in values])
-
-    return atomic_write(path, write)
-
-
 def write_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write one row (checked against the schema) as a two-line CSV, atomically."""
     check_row(row)

@@ -2,7 +2,7 @@
 
 Hydra hands values over as YAML read them: ``seed=1.5`` arrives as a float, ``overwrite=flase`` as the string
 ``"flase"``, ``index=abc`` as a string. Python's ``int()`` and ``bool()`` would silently truncate or accept
-them; the functions here refuse them with a :class:`~rgap.errors.UserInputError` that names the option, the bad
+them; the functions here refuse them with a :class:`~rgap.core.errors.UserInputError` that names the option, the bad
 value and what is valid.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from rgap.errors import UserInputError
+from rgap.core.errors import UserInputError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -103,3 +103,18 @@ def _bounds_text(minimum: float | None, maximum: float | None) -> str:
     if maximum is not None:
         return f" <= {maximum}"
     return ""
+
+
+def as_device(value: Any, key: str = "device") -> Any:
+    """A ``torch.device`` for ``cpu`` or ``cuda[:N]``; CUDA on a machine without it is a ``UserInputError``."""
+    import torch
+
+    try:
+        device = torch.device(str(value))
+    except RuntimeError as exc:
+        raise UserInputError(f"{key}={value!r} is not a valid device; valid choices: cpu, cuda, cuda:N.") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"{key}={value!r} is not supported; valid choices: cpu, cuda, cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"{key}={value!r} was requested but CUDA is not available here; use {key}=cpu.")
+    return device

@@ -5,45 +5,68 @@ the ``state_dict``, the resolved model config (``name``, ``_target_``, ``bias``,
 dataset it was trained on, the input shape, the number of outputs, the loss, the validation accuracy, the
 epochs, the seed and the torch version (plus the training history and optimiser settings).
 
-Model configs (``conf/model/*.yaml``) carry three keys that are not builder arguments and are stripped before
-instantiation (:func:`builder_config`):
+Which weights a trial attacks is chosen apart from the architecture, by ``conf/weights/default.yaml``
+(:class:`WeightsChoice`):
 
-``checkpoint``  path to a checkpoint; null = untrained weights from the seeded init. Wins over ``state``.
-``state``       ``untrained`` | ``trained`` (the newest matching checkpoint in ``<paths.results>/checkpoints``).
-``rank_check``  opt-in (default false): with checkpoint weights and the R-GAP attack, compare per-layer numerical
-                ranks of the trained model with the untrained one (the ``rank_note`` column). Two rank analyses
-                per process and weights (cached), not counted in the attack time.
+``weights.checkpoint``  path to a checkpoint; null = untrained weights from the seeded init. Wins over ``state``.
+``weights.state``       ``untrained`` | ``trained`` (the newest matching checkpoint in ``<paths.results>/checkpoints``).
+``weights.rank_check``  opt-in (default false): with checkpoint weights and a closed-form attack, compare per-layer
+                        numerical ranks of the trained model with the untrained one (the ``rank_note`` column, see
+                        ``rgap.harness.rank``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rgap.atomic import atomic_save
-from rgap.config import instantiate_group, short_error
-from rgap.errors import CheckpointMismatchError, UserInputError
-from rgap.validation import as_bool, as_path
+from rgap.core.atomic import atomic_save
+from rgap.core.config import instantiate_group
+from rgap.core.errors import CheckpointMismatchError, UserInputError, short_error
+from rgap.core.validation import as_bool, as_path
 
-#: Model config keys that choose the weights, not the architecture (never passed to the builder).
+#: Keys that choose the weights, not the architecture (version-1 model configs held them; never passed on).
 WEIGHT_KEYS = ("checkpoint", "state", "rank_check")
 #: Model config keys that only shape the initial weights: a checkpoint overrides them, so they may differ.
 INIT_KEYS = ("name", "init", "init_std", "num_classes")
 FORMAT = "rgap-bench-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
-#: Layers with more unknowns than this get no numerical rank in ``rank_note`` (as ``rgap.rank``'s default).
-RANK_NOTE_MAX_UNKNOWNS = 6000
-#: Attacks whose rows get a ``rank_note`` (the rank decides whether R-GAP's closed form is exact).
-RANK_NOTE_ATTACKS = ("rgap",)
+#: ``_target_`` values under these prefixes are this project's builders (their module path may move).
+PROJECT_PACKAGES = ("rgap.", "baselines.")
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """The ``weights`` options of a trial (``conf/weights/default.yaml``), checked."""
+
+    checkpoint: Path | None = None
+    state: str = "untrained"
+    rank_check: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> WeightsChoice:
+        """Check types and choices; a ``checkpoint`` that is a directory or missing is a ``UserInputError``."""
+        cfg = cfg or {}
+        state = str(cfg.get("state") or "untrained")
+        if state not in STATES:
+            raise UserInputError(
+                f"weights.state={state!r} is not valid; valid choices: {', '.join(STATES)} (untrained = the seeded "
+                "initial weights, trained = the newest matching checkpoint in <paths.results>/checkpoints), or set "
+                "weights.checkpoint=<path> to a checkpoint file."
+            )
+        checkpoint = cfg.get("checkpoint")
+        path = None if checkpoint is None else as_path(checkpoint, "weights.checkpoint")
+        if path is not None and not path.is_file():
+            read_checkpoint(path)  # raises the message for a directory or a missing file
+        return cls(path, state, as_bool(cfg.get("rank_check", False), "weights.rank_check"))
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,7 @@ class WeightsInfo:
 
     weights: str = ""  # "untrained:<init>" or "checkpoint:<path>"
     weights_hash: str = ""  # first 12 hex digits of the checkpoint file's SHA-256 ("" when untrained)
-    rank_note: str = ""  # trained vs untrained per-layer ranks (checkpoint weights, R-GAP only)
+    rank_note: str = ""  # trained vs untrained per-layer ranks (checkpoint weights, closed-form attacks)
     checkpoint: str | None = None  # the checkpoint path, None when untrained
 
     def columns(self) -> dict[str, str]:
@@ -86,29 +109,6 @@ def builder_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _state_none(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
                 input_shape: Sequence[int] | None, num_outputs: int | None) -> Path | None:
     return None
-
-
-def check_weights_config(model_cfg: Mapping[str, Any]) -> None:
-    """Check the weight-choosing keys of a model config (types, choices, the checkpoint file) without loading."""
-    model_state(model_cfg)
-    as_bool(model_cfg.get("rank_check", False), "model.rank_check")
-    checkpoint = model_cfg.get("checkpoint")
-    if checkpoint is not None:
-        path = as_path(checkpoint, "model.checkpoint")
-        if not path.is_file():
-            read_checkpoint(path)  # raises the message for a directory or a missing file
-
-
-def model_state(model_cfg: Mapping[str, Any]) -> str:
-    """``model.state`` (``untrained`` when absent), validated."""
-    state = str(model_cfg.get("state") or "untrained")
-    if state not in STATES:
-        raise UserInputError(
-            f"model.state={state!r} is not valid; valid choices: {', '.join(STATES)} (untrained = the seeded "
-            "initial weights, trained = the newest matching checkpoint in <paths.results>/checkpoints), or set "
-            "model.checkpoint=<path> to a checkpoint written by `python -m runners.train`."
-        )
-    return state
 
 
 def _shape_text(shape: Sequence[int] | None) -> str:
@@ -188,9 +188,9 @@ def save_checkpoint(
 def _missing_message(path: Path) -> str:
     available = list_checkpoints(path.parent)
     listed = ", ".join(p.name for p in available) if available else "none"
-    return (f"model.checkpoint={path} does not exist; checkpoints available in {path.parent}: {listed}. Write one "
-            "with `python -m runners.train model=<model> dataset=<dataset>` (it prints the path), or use "
-            "model.state=trained for the newest matching one.")
+    return (f"weights.checkpoint={path} does not exist; checkpoints available in {path.parent}: {listed}. Write "
+            "one with `python -m runners.train model=<model> dataset=<dataset>` (it prints the path), or use "
+            "weights.state=trained for the newest matching one.")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -199,17 +199,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         found = list_checkpoints(path)
         listed = ", ".join(p.name for p in found[:8]) if found else "none"
-        raise UserInputError(f"model.checkpoint={path} is a directory, not a checkpoint file; give one .pt file "
+        raise UserInputError(f"weights.checkpoint={path} is a directory, not a checkpoint file; give one .pt file "
                              f"written by `python -m runners.train` (checkpoints in that directory: {listed}).")
     if not path.is_file():
         raise UserInputError(_missing_message(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a torch zip/pickle
-        raise UserInputError(f"model.checkpoint={path} could not be read as a checkpoint ({short_error(exc)}); "
+        raise UserInputError(f"weights.checkpoint={path} could not be read as a checkpoint ({short_error(exc)}); "
                              "give a .pt file written by `python -m runners.train`.") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserInputError(f"model.checkpoint={path} is not a checkpoint written by `python -m runners.train` "
+        raise UserInputError(f"weights.checkpoint={path} is not a checkpoint written by `python -m runners.train` "
                              f"(no format={FORMAT!r} entry); give one of those files.")
     return payload
 
@@ -253,7 +253,10 @@ def mismatches(meta: Mapping[str, Any], model: nn.Module, model_cfg: Mapping[str
     outputs = _num_outputs(model, input_shape)
     if int(meta.get("num_outputs", -1)) != outputs:
         reasons.append(f"outputs {meta.get('num_outputs')} vs {outputs}")
-    options = sorted((set(stored_cfg) | set(wanted_cfg)) - set(INIT_KEYS))
+    ignored = set(INIT_KEYS)
+    if all(str(c.get("_target_", "")).startswith(PROJECT_PACKAGES) for c in (stored_cfg, wanted_cfg)):
+        ignored.add("_target_")  # a builder of this project that moved to another module is the same builder
+    options = sorted((set(stored_cfg) | set(wanted_cfg)) - ignored)
     changed = [f"model.{k}={stored_cfg.get(k)!r} vs {wanted_cfg.get(k)!r}" for k in options
                if stored_cfg.get(k) != wanted_cfg.get(k)]
     if changed:
@@ -299,12 +302,12 @@ def _checkpoint_summary(meta: Mapping[str, Any]) -> str:
             f"({_shape_text(meta.get('input_shape'))}, {meta.get('num_outputs')} output(s))")
 
 
-def resolve_state(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
+def resolve_state(model_cfg: Mapping[str, Any], state: str, dataset_name: str | None, results_dir: str | Path,
                   input_shape: Sequence[int] | None = None, num_outputs: int | None = None) -> Path | None:
-    """The checkpoint ``model.state`` asks for: None for ``untrained``; for ``trained`` the newest (mtime)
+    """The checkpoint ``weights.state`` asks for: None for ``untrained``; for ``trained`` the newest (mtime)
     checkpoint in ``<results_dir>/checkpoints`` whose stored model name and dataset match (and the input
     shape and number of outputs, when given). None matching is a ``UserInputError`` saying how to make one."""
-    return STATES[model_state(model_cfg)](model_cfg, dataset_name, results_dir, input_shape, num_outputs)
+    return STATES[state](model_cfg, dataset_name, results_dir, input_shape, num_outputs)
 
 
 def _newest_trained(model_cfg: Mapping[str, Any], dataset_name: str | None, results_dir: str | Path,
@@ -330,20 +333,20 @@ def _newest_trained(model_cfg: Mapping[str, Any], dataset_name: str | None, resu
     wanted = (f"model {name} on dataset {dataset_name} (input {_shape_text(input_shape)}, "
               f"{num_outputs if num_outputs is not None else 'any number of'} output(s))")
     raise UserInputError(
-        f"model.state=trained found no checkpoint of {wanted} in {directory} (it holds {held}). Make one with "
+        f"weights.state=trained found no checkpoint of {wanted} in {directory} (it holds {held}). Make one with "
         f"{_train_command(name, dataset_name, num_outputs)} (with the same model.* and dataset.* options), "
-        "or set model.checkpoint=<path>, or use model.state=untrained."
+        "or set weights.checkpoint=<path>, or use weights.state=untrained."
     )
 
 
-#: ``model.state`` -> how its checkpoint is found (None: untrained weights).
+#: ``weights.state`` -> how its checkpoint is found (None: untrained weights).
 STATES: dict[str, Callable[..., Path | None]] = {"untrained": _state_none, "trained": _newest_trained}
 
 
 # --------------------------------------------------------------------------------------------------------
 # Building the model a trial attacks
 # --------------------------------------------------------------------------------------------------------
-def _instantiate(model_cfg: Mapping[str, Any], input_shape: Sequence[int], seed: int,
+def instantiate_model(model_cfg: Mapping[str, Any], input_shape: Sequence[int], seed: int,
                  num_outputs: int | None) -> nn.Module:
     kwargs: dict[str, Any] = {"input_shape": tuple(int(v) for v in input_shape), "seed": int(seed)}
     if num_outputs is not None:
@@ -356,68 +359,26 @@ def build_model(
     input_shape: Sequence[int],
     seed: int,
     num_outputs: int | None = None,
+    weights: WeightsChoice | None = None,
     results_dir: str | Path = "results",
     dataset_name: str | None = None,
 ) -> tuple[nn.Module, WeightsInfo]:
-    """The model of ``model_cfg`` (without :data:`WEIGHT_KEYS`) built for ``input_shape`` with ``seed``, with
-    the weights of ``model.checkpoint`` or, for ``model.state=trained``, of the newest matching checkpoint.
+    """The model of ``model_cfg`` built for ``input_shape`` with ``seed``, with the weights of
+    ``weights.checkpoint`` or, for ``weights.state=trained``, of the newest matching checkpoint.
 
     ``num_outputs=None`` lets the builder choose, or takes the checkpoint's head size when one is loaded.
     """
-    checkpoint = model_cfg.get("checkpoint")
-    state = model_state(model_cfg)
-    if checkpoint:
-        path: Path | None = as_path(checkpoint, "model.checkpoint")
+    weights = weights or WeightsChoice()
+    if weights.checkpoint is not None:
+        path: Path | None = weights.checkpoint
     else:
-        path = STATES[state](model_cfg, dataset_name, results_dir, tuple(input_shape), num_outputs)
+        path = STATES[weights.state](model_cfg, dataset_name, results_dir, tuple(input_shape), num_outputs)
     if path is None:
-        model = _instantiate(model_cfg, input_shape, seed, num_outputs)
+        model = instantiate_model(model_cfg, input_shape, seed, num_outputs)
         return model, WeightsInfo(weights=f"untrained:{builder_config(model_cfg).get('init', 'default')}")
     meta = read_checkpoint(path)
     if num_outputs is None:
         num_outputs = int(meta.get("num_outputs", 1))
-    model = _instantiate(model_cfg, input_shape, seed, num_outputs)
+    model = instantiate_model(model_cfg, input_shape, seed, num_outputs)
     _load_checked(meta, path, model, model_cfg, input_shape)
     return model, WeightsInfo(weights=f"checkpoint:{path}", weights_hash=weights_hash(path), checkpoint=str(path))
-
-
-def rank_note(model_cfg: Mapping[str, Any], trained: nn.Module, input_shape: Sequence[int], seed: int,
-              num_outputs: int | None = None, max_unknowns: int = RANK_NOTE_MAX_UNKNOWNS) -> str:
-    """Per-layer numerical ranks of ``trained`` vs the same architecture with its untrained (seeded) weights.
-
-    ``conv2: 3100 trained vs 3188 untrained (of 3468 unknowns)`` per differing layer joined by ``; ``, or
-    ``ranks equal``; layers with more than ``max_unknowns`` unknowns are named as not computed.
-    """
-    from rgap.rank import rank_analysis  # rgap.rank builds models through this module
-
-    untrained = _instantiate(model_cfg, input_shape, seed, num_outputs)
-    after = rank_analysis(trained, input_shape, seed=seed, max_unknowns=max_unknowns)
-    before = rank_analysis(untrained, input_shape, seed=seed, max_unknowns=max_unknowns)
-    if all(row.rank is None for row in after):
-        note = next((row.note for row in after if row.note), "")
-        return f"ranks not computed{': ' + note if note else ''}"
-    differing = [f"{a.layer}: {a.rank} trained vs {b.rank} untrained (of {a.unknowns} unknowns)"
-                 for a, b in zip(after, before, strict=True) if a.rank is not None and a.rank != b.rank]
-    note = "; ".join(differing) or "ranks equal"
-    skipped = [a.layer for a in after if a.rank is None]
-    if skipped:
-        note += f"; not computed (> {max_unknowns} unknowns): {', '.join(skipped)}"
-    return note
-
-
-def add_rank_note(weights: WeightsInfo, model_cfg: Mapping[str, Any], model: nn.Module, input_shape: Sequence[int],
-                  seed: int, num_outputs: int | None, attack: str) -> WeightsInfo:
-    """``weights`` with its ``rank_note`` filled for checkpoint weights under an R-GAP attack when
-    ``model.rank_check`` is true (the default); unchanged otherwise."""
-    if weights.checkpoint is None or attack not in RANK_NOTE_ATTACKS or \
-            not as_bool(model_cfg.get("rank_check", False), "model.rank_check"):
-        return weights
-    key = json.dumps([weights.weights_hash, builder_config(model_cfg), [int(v) for v in input_shape], int(seed),
-                      num_outputs], sort_keys=True, default=str)
-    if key not in _RANK_NOTES:  # a sweep attacks many images with the same weights: analyse them once
-        _RANK_NOTES[key] = rank_note(model_cfg, model, input_shape, seed, num_outputs)
-    return replace(weights, rank_note=_RANK_NOTES[key])
-
-
-#: rank notes already computed in this process, keyed by weights hash, model config, input shape, seed, outputs.
-_RANK_NOTES: dict[str, str] = {}

@@ -10,12 +10,13 @@ Models are built through Hydra ``_target_`` (``conf/model/*.yaml``); each builde
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from rgap.errors import UserInputError
-from rgap.validation import as_bool, as_float, as_int
+from rgap.core.errors import UserInputError
+from rgap.core.validation import as_bool, as_choice, as_float, as_int
 
 ConvSpec = tuple[int, int, int, int]  # out_channels, kernel, stride, padding
 
@@ -191,23 +192,39 @@ def fcn3(input_shape: Sequence[int], seed: int = 0, init: str = "default", init_
     return _seeded_build(build, seed, init, init_std)
 
 
-def collect_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple[tuple[int, ...], ...]]:
-    """Input and output shapes (without batch dim) of every leaf module, recorded with forward hooks.
+#: The ``loss`` option: the task a model's head is built for.
+LOSS_CHOICES = ("auto", "logistic", "cross_entropy")
 
-    ``forward``'s return value is untouched; returns ``{module: (input_shape, output_shape)}``.
-    """
-    shapes: dict[nn.Module, tuple[tuple[int, ...], ...]] = {}
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        shapes[module] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
+def resolve_loss(loss: str, num_classes: Any) -> str:
+    """The loss of the task: ``auto`` is cross-entropy when ``model.num_classes`` asks for more than one logit,
+    else logistic."""
+    loss = as_choice(loss, "loss", LOSS_CHOICES)
+    if loss != "auto":
+        return loss
+    requested = None if num_classes is None else as_int(num_classes, "model.num_classes", minimum=1)
+    return "cross_entropy" if requested is not None and requested > 1 else "logistic"
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
+
+def task_head(loss: str, num_classes: Any, dataset_classes: int) -> tuple[str, int]:
+    """(loss, logits of the output layer) of the task: ``model.num_classes`` logits when set, else 1 (logistic)
+    or the dataset's class count (cross-entropy). Combinations that cannot train are a ``UserInputError``."""
+    loss = resolve_loss(loss, num_classes)
+    requested = None if num_classes is None else as_int(num_classes, "model.num_classes", minimum=1)
+    if loss == "logistic":
+        if dataset_classes != 2:
+            raise UserInputError(
+                f"loss=logistic trains one logit on binary labels, but dataset.num_classes={dataset_classes}; "
+                "set dataset.num_classes=2, or loss=cross_entropy for a multi-class head."
+            )
+        if requested is not None and requested != 1:
+            raise UserInputError(f"loss=logistic needs one logit, but model.num_classes={requested}; "
+                                 "use loss=cross_entropy (or loss=auto) or model.num_classes=null.")
+        return loss, 1
+    outputs = dataset_classes if requested is None else requested
+    if outputs < max(2, dataset_classes):
+        raise UserInputError(
+            f"model.num_classes={requested} is too small for loss=cross_entropy on a dataset with "
+            f"{dataset_classes} classes; set model.num_classes >= {max(2, dataset_classes)} or null."
+        )
+    return loss, outputs

@@ -101,10 +101,28 @@ class TraceRecorder:
         self._paused += time.perf_counter() - paused_at
 
 
+@dataclass(frozen=True)
+class AttackFacts:
+    """What tables and figures need to know about an attack, kept with the attack class itself.
+
+    ``label`` is its display name, ``order`` its position in tables and legends, ``color`` and ``marker`` its
+    style in every figure (Okabe-Ito palette), and ``closed_form`` says whether it is a closed-form attack
+    (one result, no iterations; its exactness is decided by the layer ranks, so trials on checkpoints may carry
+    a ``rank_note``).
+    """
+
+    label: str
+    order: int = 100
+    color: str = "#000000"
+    marker: str = "x"
+    closed_form: bool = False
+
+
 class Attack(ABC):
     """A gradient inversion attack, built from ``conf/attack/*.yaml`` with Hydra's ``_target_``."""
 
     name: str = "attack"
+    facts: AttackFacts = AttackFacts(label="attack")
 
     @abstractmethod
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:

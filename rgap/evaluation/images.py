@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from rgap.atomic import atomic_save
+from rgap.core.atomic import atomic_save
 
 GRID_PADDING = 2
 

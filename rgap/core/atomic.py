@@ -2,18 +2,19 @@
 
 A reader never sees half a file, a killed writer leaves at most a temporary file (which every reader ignores),
 and a failed write (full disk, read-only directory) removes its temporary file and raises
-:class:`~rgap.errors.OutputWriteError`, which says what could not be written, where, and why.
+:class:`~rgap.core.errors.OutputWriteError`, which says what could not be written, where, and why.
 """
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from rgap.errors import OutputWriteError
+from rgap.core.errors import OutputWriteError
 
 _REASONS = {
     errno.ENOSPC: "the disk is full",
@@ -92,3 +93,25 @@ def atomic_save(path: str | os.PathLike, save: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return str(value)
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]] | Iterable[tuple], columns: tuple[str, ...],
+              path: str | os.PathLike) -> Path:
+    """Write ``rows`` (mappings or tuples in ``columns`` order) under a header, atomically (None -> empty cell)."""
+
+    def write(handle: Any) -> None:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            values = [row.get(c) for c in columns] if isinstance(row, Mapping) else list(row)
+            writer.writerow([_cell(v) for v in values])
+
+    return atomic_write(path, write)

@@ -34,3 +34,10 @@ class UnsupportedInputError(UnsupportedError):
 
 class CheckpointMismatchError(UserInputError):
     """A checkpoint's model, input shape or head does not fit the model a trial or analysis asks for."""
+
+
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or repr(exc)
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgap.config import instantiate_group, short_error
-from rgap.errors import DatasetNotFoundError, UserInputError
+from rgap.core.config import instantiate_group
+from rgap.core.errors import DatasetNotFoundError, UserInputError, short_error
 
 __all__ = [
     "CIFAR10_BINARY_ZERO",

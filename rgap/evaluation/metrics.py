@@ -22,8 +22,7 @@ import torch
 from skimage.metrics import structural_similarity
 from torch import Tensor
 
-from rgap.config import short_error
-from rgap.errors import UserInputError
+from rgap.core.errors import UserInputError, short_error
 
 METRIC_NAMES = ("mse", "psnr", "ssim", "lpips")
 

@@ -1,0 +1,2 @@
+"""What a trial attacks: the networks (``models``), their weights (``checkpoints``, ``training``) and the private
+images (``data``)."""
