@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rgap.attack import SharedGradient
-from rgap.errors import UserInputError
+from rgap.core.errors import UserInputError
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from baselines.common import attack_dtype, euclidean_distance, init_dummy, model_gradients, prepare
-from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
-from rgap.errors import UnsupportedInputError, UnsupportedLayerError, UserInputError
-from rgap.losses import get_loss, get_soft_loss, hard_labels
+from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
+from rgap.attack.losses import get_loss, get_soft_loss, hard_labels
+from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError, UserInputError
 
 #: Activations whose outputs are never negative: the iDLG sign rule holds when one feeds the last layer.
 NONNEGATIVE_ACTIVATIONS = (nn.Sigmoid, nn.ReLU, nn.ReLU6, nn.Softplus, nn.Softmax)
@@ -125,6 +125,7 @@ class DLG(GradientMatching, Attack):
     """
 
     name = "dlg"
+    facts = AttackFacts(label="DLG", order=1, color="#D55E00", marker="s")
 
     def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
                  init: str = "randn", tolerance: float = 0.0, dtype: str = "float32", seed: int = 0) -> None:
@@ -251,6 +252,7 @@ class IDLG(DLG):
     """
 
     name = "idlg"
+    facts = AttackFacts(label="iDLG", order=2, color="#E69F00", marker="^")
 
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
         trace = _local_trace(trace)

@@ -12,9 +12,9 @@ import torch
 
 from baselines.common import prepare
 from baselines.dlg import GradientMatching, _local_trace, _objective
-from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
-from rgap.errors import UnsupportedError, UnsupportedInputError
-from rgap.losses import get_loss
+from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
+from rgap.attack.losses import get_loss
+from rgap.core.errors import UnsupportedError, UnsupportedInputError
 from rgap.recursive import RGAP
 
 
@@ -28,6 +28,7 @@ class HGAP(GradientMatching, Attack):
     """
 
     name = "hgap"
+    facts = AttackFacts(label="R-GAP+DLG (hybrid)", order=4, color="#CC79A7", marker="v")
 
     def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
                  tolerance: float = 0.0, dtype: str = "float32",

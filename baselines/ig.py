@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from baselines.common import attack_dtype, cosine_distance, init_dummy, model_gradients, prepare, total_variation
-from rgap.attack import Attack, AttackResult, SharedGradient, TraceRecorder
-from rgap.errors import UnsupportedInputError, UserInputError
-from rgap.losses import get_loss
+from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
+from rgap.attack.losses import get_loss
+from rgap.core.errors import UnsupportedInputError, UserInputError
 
 # Fractions of ``iterations`` after which the step size drops by 10x (inversefed's MultiStepLR milestones
 # ``max_iterations // 2.667, // 1.6, // 1.142``, i.e. 3/8, 5/8 and 7/8).
@@ -63,6 +63,7 @@ class InvertingGradients(Attack):
     """
 
     name = "ig"
+    facts = AttackFacts(label="IG", order=3, color="#009E73", marker="D")
 
     def __init__(self, iterations: int = 4800, lr: float = 0.1, tv: float = 1e-4, signed: bool = True,
                  boxed: bool = True, restarts: int = 1, init: str = "randn", dtype: str = "float32", seed: int = 0,
