@@ -20,7 +20,7 @@ def _is_hydra_key(key: str) -> bool:
     return key.startswith("_") and key.endswith("_")
 
 
-def _locate_callable(path: str) -> Any:
+def locate_callable(path: str) -> Any:
     """Import ``package.module.attr`` (quietly, unlike ``hydra.utils.get_method`` which logs errors)."""
     parts = path.split(".")
     if not all(parts):
@@ -71,7 +71,7 @@ def instantiate_group(cfg: Mapping, group: str, expected: type[T], **kwargs: Any
     if not target:
         raise UserInputError(f"The {group} config has no _target_ key naming the callable that builds it.")
     try:
-        fn = _locate_callable(str(target))
+        fn = locate_callable(str(target))
     except (ImportError, AttributeError, ValueError) as exc:
         raise UserInputError(f"{group}._target_={target} could not be imported ({short_error(exc)}).") from exc
     params = inspect.signature(fn).parameters
