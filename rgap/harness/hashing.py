@@ -31,15 +31,15 @@ GROUPS = ("attack", "model", "dataset", "defense")
 V1_TARGETS: dict[str, dict[str, str]] = {
     "attack": {"rgap": "rgap.recursive.RGAP", "dlg": "baselines.dlg.DLG", "idlg": "baselines.dlg.IDLG",
                "ig": "baselines.ig.InvertingGradients", "hgap": "baselines.hgap.HGAP"},
-    "model": {"cnn6": "rgap.zoo.models.cnn6", "cnn6d": "rgap.zoo.models.cnn6d", "cnn6w": "rgap.zoo.models.cnn6w",
-              "fcn3": "rgap.zoo.models.fcn3", "lenet": "rgap.zoo.models.lenet",
-              **{f"rankfig_{c}": "rgap.zoo.models.conv_net" for c in "abcde"}},
-    "dataset": {"sample": "rgap.zoo.data.load_sample", "sample_gray": "rgap.zoo.data.load_sample_gray",
-                "cifar10": "rgap.zoo.data.load_cifar10", "mnist": "rgap.zoo.data.load_mnist",
-                "folder": "rgap.zoo.data.load_folder"},
-    "defense": {"none": "rgap.client.defenses.NoDefense", "gaussian": "rgap.client.defenses.GaussianNoise",
-                "laplace": "rgap.client.defenses.LaplaceNoise", "prune": "rgap.client.defenses.GradientPruning",
-                "dpsgd": "rgap.client.defenses.DPSGD"},
+    "model": {"cnn6": "rgap.models.cnn6", "cnn6d": "rgap.models.cnn6d", "cnn6w": "rgap.models.cnn6w",
+              "fcn3": "rgap.models.fcn3", "lenet": "rgap.models.lenet",
+              **{f"rankfig_{c}": "rgap.models.conv_net" for c in "abcde"}},
+    "dataset": {"sample": "rgap.data.load_sample", "sample_gray": "rgap.data.load_sample_gray",
+                "cifar10": "rgap.data.load_cifar10", "mnist": "rgap.data.load_mnist",
+                "folder": "rgap.data.load_folder"},
+    "defense": {"none": "rgap.defenses.NoDefense", "gaussian": "rgap.defenses.GaussianNoise",
+                "laplace": "rgap.defenses.LaplaceNoise", "prune": "rgap.defenses.GradientPruning",
+                "dpsgd": "rgap.defenses.DPSGD"},
 }
 
 
