@@ -21,6 +21,8 @@ from rgap.core.validation import as_choice
 DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
 PRECISIONS = tuple(DTYPES)
 LABEL_MODES = ("true", "reversed")
+#: The module mode the client computes its gradient in: eval (running statistics, no dropout) or train.
+CLIENT_MODES = ("eval", "train")
 
 
 @dataclass
@@ -29,7 +31,9 @@ class Client:
 
     ``label_mode="reversed"`` trains on the label opposite to the model's prediction, as the R-GAP reference code
     does (it makes the last-layer equation's root unique); with several logits, on the least likely class.
-    ``seed`` seeds the defense's noise.
+    ``seed`` seeds the defense's noise. ``mode`` is the module mode of the client's model while it computes the
+    gradient (``eval``: batch norm uses its running statistics, dropout is off; ``train``: batch statistics and
+    random dropout masks, which R-GAP cannot invert); the attacker's copy is shared in that mode.
     """
 
     loss: str
@@ -38,14 +42,17 @@ class Client:
     device: torch.device | str = "cpu"
     defense: Defense = field(default_factory=NoDefense)
     seed: int = 0
+    mode: str = "eval"
 
     def __post_init__(self) -> None:
         as_choice(self.precision, "precision", PRECISIONS)
         as_choice(self.label_mode, "label", LABEL_MODES)
+        as_choice(self.mode, "client_mode", CLIENT_MODES)
 
     def share(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> SharedGradient:
         """The defended gradient of the mean loss over ``images``; the model copy keeps the client's dtype."""
         local = copy.deepcopy(model).to(device=self.device, dtype=DTYPES[self.precision])
+        local.train(self.mode == "train")
         x = images.to(device=self.device, dtype=DTYPES[self.precision])
         logits = local(x)
         if self.label_mode == "reversed":

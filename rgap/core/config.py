@@ -78,10 +78,12 @@ def instantiate_group(cfg: Mapping, group: str, expected: type[T], **kwargs: Any
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = [str(k) for k in container if not _is_hydra_key(str(k)) and k not in params]
         if unknown:
-            valid = ", ".join(p for p in params if p not in ("self", "cls") and p not in kwargs) or "(none)"
+            valid = ", ".join(p for p in params if p not in ("self", "cls") and p not in kwargs)
+            passed = f" ({', '.join(kwargs)} are passed by the harness itself)" if kwargs else ""
             raise UserInputError(
                 f"Unknown {group} option(s) {', '.join(group + '.' + k for k in unknown)} for {target}; "
-                f"valid options are: {valid}."
+                + (f"valid options are: {valid}{passed}." if valid else f"it takes no options{passed}.")
+                + f" Remove the others, or accept them in {target}'s signature."
             )
     try:
         result = hydra.utils.instantiate(container, **kwargs)

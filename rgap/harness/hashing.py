@@ -90,6 +90,8 @@ def legacy_hashes(cfg: Mapping[str, Any]) -> list[str]:
     weights = payload.pop("weights", None)
     if isinstance(model, dict) and isinstance(weights, dict):  # version 1 kept the weight keys in the model
         model.update({k: weights[k] for k in ("checkpoint", "state", "rank_check") if k in weights})
+    if payload.get("client_mode") == "eval":  # version 1 had no such option; its clients computed in eval mode
+        del payload["client_mode"]
     rank_checks: list[Any] = [None]
     if isinstance(model, dict) and "rank_check" in model:
         rank_checks = list(dict.fromkeys([model["rank_check"], True, False]))

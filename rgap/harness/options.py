@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rgap.client.gradient import CLIENT_MODES, LABEL_MODES, PRECISIONS
 from rgap.core.validation import as_bool, as_choice, as_int, as_path
 from rgap.zoo.checkpoints import WeightsChoice
 from rgap.zoo.models import resolve_loss
 
-PRECISIONS = ("float64", "float32")
-LABEL_MODES = ("true", "reversed")
 LPIPS_NETS = ("alex", "vgg", "vgg16", "squeeze")
 #: Images with at most this many pixels (H x W) run on one torch thread under ``threads=auto``.
 AUTO_ONE_THREAD_PIXELS = 64 * 64
@@ -36,6 +35,7 @@ class TrialOptions:
     batch_size: int
     seed: int
     label_mode: str
+    client_mode: str  # eval | train: the module mode the client computes its gradient in
     precision: str
     loss: str  # logistic | cross_entropy (``auto`` resolved from model.num_classes)
     num_classes: int | None  # model.num_classes: logits of the head (None: from the loss and the dataset)
@@ -64,6 +64,7 @@ class TrialOptions:
             batch_size=as_int(cfg["batch_size"], "batch_size", minimum=1),
             seed=as_int(cfg["seed"], "seed", minimum=0),
             label_mode=as_choice(label_mode(cfg["label"]), "label", LABEL_MODES),
+            client_mode=as_choice(cfg.get("client_mode", "eval"), "client_mode", CLIENT_MODES),
             precision=as_choice(cfg["precision"], "precision", PRECISIONS),
             loss=resolve_loss(cfg["loss"], num_classes),
             num_classes=num_classes,

@@ -5,8 +5,8 @@ column's type (integers as integers, booleans as ``True``/``False``, a known ``s
 appended to, empty, binary, another program's CSV) is an :class:`InvalidRowError` that names the file and the
 reason; sweeps count such a trial as missing and run it again, and ``collect`` refuses to summarise over it.
 
-Rows written before the ``source`` column existed (:data:`LEGACY_ROW_COLUMNS`) are still valid; they read with an
-empty ``source``, so a sweep started by an older version resumes without re-running them.
+Rows written before the ``source`` and ``client_mode`` columns existed (:data:`LEGACY_ROW_COLUMNS`) are still
+valid; they read with those cells empty, so a sweep started by an older version resumes without re-running them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ STATUSES = ("ok", "unsupported", "failed")
 #: says why. ``int``/``float``/``bool`` cells may be empty (None) unless the column is in :data:`REQUIRED`.
 ROW_SCHEMA: dict[str, type] = {
     "attack": str, "model": str, "dataset": str, "batch_size": int, "index": int, "indices": str, "source": str,
-    "seed": int, "label_mode": str, "precision": str, "loss": str,
+    "seed": int, "label_mode": str, "client_mode": str, "precision": str, "loss": str,
     "defense": str, "defense_params": str, "weights": str, "weights_hash": str, "rank_note": str, "device": str,
     "status": str, "reason": str,
     "mse": float, "psnr": float, "ssim": float, "lpips": float, "metric_notes": str, "scored_against": str,
@@ -38,8 +38,9 @@ ROW_SCHEMA: dict[str, type] = {
 ROW_COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA)
 #: Columns that every row has a value for.
 REQUIRED: tuple[str, ...] = ("attack", "model", "dataset", "batch_size", "index", "seed", "status")
-#: Headers of earlier versions that are still read (missing columns read as empty).
-LEGACY_ROW_COLUMNS: tuple[tuple[str, ...], ...] = (tuple(c for c in ROW_COLUMNS if c != "source"),)
+#: Headers of earlier versions that are still read (missing columns read as empty): version 1 had no ``source``
+#: and no ``client_mode`` (its clients computed in eval mode).
+LEGACY_ROW_COLUMNS: tuple[tuple[str, ...], ...] = (tuple(c for c in ROW_COLUMNS if c not in ("source", "client_mode")),)
 
 TRACE_COLUMNS: tuple[str, ...] = ("iteration", "time_s", "grad_loss", "mse", "psnr")
 

@@ -100,7 +100,8 @@ def setup_trial(cfg: Mapping[str, Any], options: TrialOptions | None = None, att
     options = options or TrialOptions.from_config(cfg)
     victim = prepare_victim(cfg, options, attack)
     client = Client(loss=options.loss, precision=options.precision, label_mode=options.label_mode,
-                    device=as_device(options.device), defense=build_defense(cfg.get("defense")), seed=options.seed)
+                    device=as_device(options.device), defense=build_defense(cfg.get("defense")), seed=options.seed,
+                    mode=options.client_mode)
     shared = client.share(victim.model, victim.images, victim.labels)
     return Trial(**vars(victim), client=client, shared=shared)
 
@@ -164,7 +165,8 @@ def make_row(options: TrialOptions, config_hash: str | None, trial: Trial, run: 
         "batch_size": options.batch_size, "index": options.index, "seed": options.seed,
         "indices": " ".join(str(i) for i in victim.indices),
         "source": "; ".join(victim.dataset.sources(victim.indices)),
-        "label_mode": options.label_mode, "precision": options.precision, "loss": options.loss,
+        "label_mode": options.label_mode, "client_mode": options.client_mode, "precision": options.precision,
+        "loss": options.loss,
         "defense": client.defense.name, "defense_params": client.defense.describe(),
         **victim.weights.columns(),
         "device": options.device, "status": run.status, "reason": run.reason,

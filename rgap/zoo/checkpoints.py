@@ -18,6 +18,7 @@ Which weights a trial attacks is chosen apart from the architecture, by ``conf/w
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from rgap.core.atomic import atomic_save
-from rgap.core.config import instantiate_group
+from rgap.core.config import instantiate_group, locate_callable
 from rgap.core.errors import CheckpointMismatchError, UserInputError, short_error
 from rgap.core.validation import as_bool, as_path
 
@@ -38,6 +39,8 @@ WEIGHT_KEYS = ("checkpoint", "state", "rank_check")
 INIT_KEYS = ("name", "init", "init_std", "num_classes")
 FORMAT = "rgap-bench-checkpoint"
 FORMAT_VERSION = 1
+#: ``format`` given to a user's plain ``state_dict`` file when it is read (only its tensors are compared).
+PLAIN_FORMAT = "state_dict"
 CHECKPOINT_DIR = "checkpoints"
 #: ``_target_`` values under these prefixes are this project's builders (their module path may move).
 PROJECT_PACKAGES = ("rgap.", "baselines.")
@@ -208,10 +211,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises many types for a file that is not a torch zip/pickle
         raise UserInputError(f"weights.checkpoint={path} could not be read as a checkpoint ({short_error(exc)}); "
                              "give a .pt file written by `python -m runners.train`.") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserInputError(f"weights.checkpoint={path} is not a checkpoint written by `python -m runners.train` "
-                             f"(no format={FORMAT!r} entry); give one of those files.")
-    return payload
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload
+    plain = payload.get("state_dict") if isinstance(payload, dict) and "state_dict" in payload else payload
+    if isinstance(plain, dict) and plain and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in plain.items()):
+        return {"format": PLAIN_FORMAT, "state_dict": plain}
+    raise UserInputError(
+        f"weights.checkpoint={path} holds neither a checkpoint written by `python -m runners.train` (format="
+        f"{FORMAT!r}) nor a plain state_dict (a dict of parameter names to tensors, as torch.save(model."
+        "state_dict(), path) writes, or such a dict under the key 'state_dict'); give one of those files."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -242,7 +252,12 @@ def _state_differences(stored: Mapping[str, torch.Tensor], wanted: Mapping[str, 
 
 def mismatches(meta: Mapping[str, Any], model: nn.Module, model_cfg: Mapping[str, Any],
                input_shape: Sequence[int]) -> list[str]:
-    """Why the checkpoint ``meta`` cannot be loaded into ``model`` (built from ``model_cfg`` for ``input_shape``)."""
+    """Why the checkpoint ``meta`` cannot be loaded into ``model`` (built from ``model_cfg`` for ``input_shape``).
+
+    A plain ``state_dict`` carries no metadata: only its parameter names and shapes are compared.
+    """
+    if meta.get("format") == PLAIN_FORMAT:
+        return _state_differences(meta["state_dict"], model.state_dict())
     stored_cfg = dict(meta.get("model_config") or {})
     wanted_cfg = builder_config(model_cfg)
     reasons = []
@@ -287,6 +302,12 @@ def _load_checked(meta: Mapping[str, Any], path: Path, model: nn.Module, model_c
     stored = dict(meta.get("model_config") or {}).get("name")
     wanted = builder_config(model_cfg).get("name")
     outputs = _num_outputs(model, input_shape)
+    if meta.get("format") == PLAIN_FORMAT:
+        raise CheckpointMismatchError(
+            f"The state_dict in {path} does not fit model {wanted} (built for input {_shape_text(input_shape)}): "
+            f"{'; '.join(reasons)}. Save it from the same architecture (torch.save(model.state_dict(), path)) and "
+            "build that architecture with the same model.* options."
+        )
     raise CheckpointMismatchError(
         f"Checkpoint {path} does not fit the requested model: it holds model {stored} for input "
         f"{_shape_text(meta.get('input_shape'))} with {meta.get('num_outputs')} output(s) (trained on "
@@ -347,11 +368,50 @@ STATES: dict[str, Callable[..., Path | None]] = {"untrained": _state_none, "trai
 # Building the model a trial attacks
 # --------------------------------------------------------------------------------------------------------
 def instantiate_model(model_cfg: Mapping[str, Any], input_shape: Sequence[int], seed: int,
-                 num_outputs: int | None) -> nn.Module:
-    kwargs: dict[str, Any] = {"input_shape": tuple(int(v) for v in input_shape), "seed": int(seed)}
+                      num_outputs: int | None) -> nn.Module:
+    """Build the model of ``model_cfg``: a builder function or an ``nn.Module`` class named by ``_target_``.
+
+    The harness offers ``input_shape``, ``seed`` and ``num_outputs`` and passes those the target accepts (the zoo's
+    builders take all three). A target that takes no ``seed`` is built under a forked RNG seeded with it, so its
+    initial weights are still the same for the same seed. One that takes no ``num_outputs`` must produce that
+    many logits itself; ``model.num_classes`` is passed on only when the target accepts it. A model whose output
+    does not fit the task is a ``UserInputError`` saying how many logits it gives and needs.
+    """
+    config = builder_config(model_cfg)
+    accepted = _accepted_keywords(config.get("_target_"))
+    offered: dict[str, Any] = {"input_shape": tuple(int(v) for v in input_shape), "seed": int(seed)}
     if num_outputs is not None:
-        kwargs["num_outputs"] = int(num_outputs)
-    return instantiate_group(builder_config(model_cfg), "model", nn.Module, **kwargs)
+        offered["num_outputs"] = int(num_outputs)
+    if accepted is not None:
+        offered = {k: v for k, v in offered.items() if k in accepted}
+        if "num_classes" not in accepted and config.get("num_classes") is None:
+            config.pop("num_classes", None)  # the harness's own key, at its default: not the builder's business
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = instantiate_group(config, "model", nn.Module, **offered)
+    if num_outputs is not None and "num_outputs" not in offered:
+        produced = _num_outputs(model, input_shape)
+        if produced != int(num_outputs):
+            raise UserInputError(
+                f"model {config.get('name')} ({config.get('_target_')}) gives {produced} logit(s) per image on input "
+                f"{_shape_text(input_shape)}, but the task needs {num_outputs} (loss and model.num_classes decide it: "
+                "one logit for loss=logistic, one per class for cross_entropy). Set model.num_classes="
+                f"{produced} (with loss=cross_entropy when > 1) or build the head your task needs."
+            )
+    return model
+
+
+def _accepted_keywords(target: Any) -> set[str] | None:
+    """Keyword names ``target`` accepts (a class: its ``__init__``); None when it takes ``**kwargs`` or cannot be
+    inspected (then everything is offered)."""
+    try:
+        fn = locate_callable(str(target))
+        params = inspect.signature(fn).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {name for name in params if name not in ("self", "cls")}
 
 
 def build_model(
