@@ -55,7 +55,8 @@ def test_every_swept_value_composes(experiment: str) -> None:
             continue
         seen.update(point)
         cfg = _compose(f"+experiment={experiment}", *point)
-        assert cfg.sweep_name == (experiment if experiment.startswith("paper_") else "defenses")
+        presets = {"smoke": "smoke", "grid": "paper"}  # the former conf/sweep/ presets keep their sweep names
+        assert cfg.sweep_name == presets.get(experiment, experiment if experiment.startswith("paper_") else "defenses")
         assert cfg.attack.name and cfg.model.name and cfg.dataset.name
 
 
@@ -86,6 +87,6 @@ def test_offline_variant_runs_reduced(experiment: str, tmp_path: Path) -> None:
             continue
         done.add(key)
         cfg = _compose(f"+experiment={experiment}", *point, *SHRINK.get(cfg.attack.name, []), "threads=1")
-        _, row = run_sweep_job(cfg, tmp_path)
+        row = run_sweep_job(cfg, tmp_path).row
         assert row is not None and row["status"] in ("ok", "unsupported"), row.get("reason")
     assert len(completed_rows(tmp_path)) == len(done)

@@ -348,7 +348,7 @@ def test_offline_experiment_end_to_end_reduced(key, tmp_path):
         cfg = compose_benchmark(f"+experiment={exp.config}", *point, "threads=1")
         if cfg.attack.name != "rgap":
             cfg = compose_benchmark(f"+experiment={exp.config}", *point, "threads=1", "attack.iterations=2")
-        _, new = run_sweep_job(cfg, sweep)
+        new = run_sweep_job(cfg, sweep).row
         assert new is not None and new["status"] == "ok", (point, new and new["reason"])
     collect(sweep)
     trials = paper_tables.load_trials(sweep)
