@@ -4,7 +4,10 @@ gradient-matching distances and image priors."""
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,17 +35,22 @@ def prepare(shared: SharedGradient, dtype: torch.dtype) -> tuple[nn.Module, list
     return model, targets
 
 
+#: Dummy initialisations by name: ``(shape, generator) -> float64 tensor`` (see ``init_dummy``).
+INITS: dict[str, Callable[[tuple[int, ...], torch.Generator], torch.Tensor]] = {
+    "randn": lambda shape, generator: torch.randn(*shape, generator=generator, dtype=torch.float64),
+    "rand": lambda shape, generator: torch.rand(*shape, generator=generator, dtype=torch.float64),
+    "half": lambda shape, generator: torch.full(shape, 0.5, dtype=torch.float64),
+}
+
+
 def init_dummy(shape: Sequence[int], kind: str, generator: torch.Generator, dtype: torch.dtype,
                device: torch.device | str) -> torch.Tensor:
-    """A seeded dummy tensor: ``randn`` (DLG, iDLG, IG), ``rand`` (uniform [0, 1]) or ``half`` (all 0.5)."""
-    inits: dict[str, Callable[[], torch.Tensor]] = {
-        "randn": lambda: torch.randn(*shape, generator=generator, dtype=torch.float64),
-        "rand": lambda: torch.rand(*shape, generator=generator, dtype=torch.float64),
-        "half": lambda: torch.full(tuple(shape), 0.5, dtype=torch.float64),
-    }
-    if kind not in inits:
-        raise UserInputError(f"attack.init={kind!r} is not valid; valid choices: {', '.join(inits)}.")
-    return inits[kind]().to(device=device, dtype=dtype)
+    """A seeded dummy tensor: ``randn`` (DLG, iDLG, IG), ``rand`` (uniform [0, 1]) or ``half`` (all 0.5).
+
+    Drawn in float64 on the CPU from ``generator``, then cast to ``dtype`` on ``device``.
+    """
+    kind = choice_option("init", kind, list(INITS))
+    return INITS[kind](tuple(int(v) for v in shape), generator).to(device=device, dtype=dtype)
 
 
 def model_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
@@ -58,13 +66,74 @@ def euclidean_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Ten
 
 
 def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Inverting Gradients' objective: 1 - cosine similarity of all layers' gradients taken jointly."""
-    dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
-    dummy_norm = sum((d * d).sum() for d in dummy).sqrt()
-    target_norm = sum((t * t).sum() for t in target).sqrt()
-    return 1 - dot / (dummy_norm * target_norm).clamp_min(torch.finfo(dot.dtype).tiny)
+    """Inverting Gradients' objective: 1 - cosine similarity of all layers' gradients taken jointly.
+
+    Computed in the reference's order of operations (``inversefed.reconstruction_costs``, ``cost_fn='sim'``):
+    the negated dot product and both squared norms are accumulated layer by layer, then
+    ``1 + (-dot) / |g'| / |g|``. Algebraically equal orders (e.g. ``1 - dot / (|g'| |g|)``) round
+    differently, and IG's signed steps amplify such round-off into different trajectories. A norm below the
+    smallest normal float is raised to it, so an all-zero gradient gives a finite value instead of NaN.
+    """
+    neg_dot: Any = 0
+    dummy_sq: Any = 0
+    target_sq: Any = 0
+    for d, t in zip(dummy, target, strict=True):
+        neg_dot = neg_dot - (d * t).sum()
+        dummy_sq = dummy_sq + d.pow(2).sum()
+        target_sq = target_sq + t.pow(2).sum()
+    tiny = torch.finfo(neg_dot.dtype).tiny
+    return 1 + neg_dot / dummy_sq.sqrt().clamp_min(tiny) / target_sq.sqrt().clamp_min(tiny)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic total variation: mean |dx| + mean |dy| over a [B, C, H, W] batch."""
     return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+
+def _bad(name: str, value: Any, rule: str) -> UserInputError:
+    return UserInputError(f"attack.{name}={value!r} is not valid; it must be {rule}.")
+
+
+def int_option(name: str, value: Any, minimum: int | None, meaning: str = "") -> int:
+    """``attack.<name>`` as an ``int`` >= ``minimum`` (any int if None; an integral float such as 300.0 is
+    accepted).
+
+    Anything else (a bool, a string, a fraction, NaN) raises ``UserInputError`` naming the option, the bad
+    value, the rule and, when given, what the option means.
+    """
+    rule = ("an integer" if minimum is None else f"an integer >= {minimum}") + (f" ({meaning})" if meaning else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(name, value, rule)
+    if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
+        raise _bad(name, value, rule)
+    if minimum is not None and int(value) < minimum:
+        raise _bad(name, value, rule)
+    return int(value)
+
+
+def float_option(name: str, value: Any, minimum: float = 0.0, strict: bool = False, meaning: str = "") -> float:
+    """``attack.<name>`` as a finite ``float`` >= ``minimum`` (> ``minimum`` when ``strict``).
+
+    A bool, a string, NaN, inf or a value out of range raises ``UserInputError`` naming the option, the
+    bad value, the rule and, when given, what the option means.
+    """
+    rule = f"a finite number {'>' if strict else '>='} {minimum:g}" + (f" ({meaning})" if meaning else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _bad(name, value, rule)
+    if value < minimum or (strict and value == minimum):
+        raise _bad(name, value, rule)
+    return float(value)
+
+
+def choice_option(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``attack.<name>`` as one of ``choices`` (exact string match), else ``UserInputError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise UserInputError(f"attack.{name}={value!r} is not valid; valid choices: {', '.join(choices)}.")
+    return value
+
+
+def bool_option(name: str, value: Any) -> bool:
+    """``attack.<name>`` as a ``bool`` (``true``/``false`` in YAML); anything else raises ``UserInputError``."""
+    if not isinstance(value, bool):
+        raise _bad(name, value, "true or false")
+    return value
