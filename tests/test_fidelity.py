@@ -9,10 +9,10 @@ of* ``conf/attack/<name>.yaml`` (so they also pin the defaults to the references
 
 Tolerances: DLG/iDLG losses, final loss and PSNR to relative 1e-6 (float32 round-off; measured: equal to
 the last bit), closure count and label exactly. IG losses at the recorded steps to relative 1e-6 and the
-final PSNR to 0.01 dB (measured: equal to the last bit). The full replays are ``slow`` (about 40 s per IG
-case and 5-30 s per DLG/iDLG case on one thread); the fast suite replays the first 21 L-BFGS steps of one
-DLG and one iDLG case and the first 100 IG steps of every IG case (before the first step-size cut at 1799,
-so ``decay=none`` gives the same steps).
+final PSNR to 0.01 dB (measured: equal to the last bit). The full replays are ``slow``: about 170 s of
+CPU on one thread for all 9 (measured with ``time``: the longest L-BFGS cases ~35 s each, IG 12-25 s per
+case). The fast suite replays the first 21 L-BFGS steps of one DLG and one iDLG case and the first 100 IG
+steps of every IG case (before the first step-size cut at 1799, so ``decay=none`` gives the same steps).
 """
 
 from __future__ import annotations
