@@ -20,10 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.common import attack_dtype, euclidean_distance, init_dummy, model_gradients, prepare
+from baselines.common import (
+    INITS,
+    attack_dtype,
+    euclidean_distance,
+    init_dummy,
+    model_gradients,
+    prepare,
+)
 from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
 from rgap.attack.losses import get_loss, get_soft_loss, hard_labels
-from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError, UserInputError
+from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError
+from rgap.core.validation import as_choice, as_float, as_int
 
 #: Activations whose outputs are never negative: the iDLG sign rule holds when one feeds the last layer.
 NONNEGATIVE_ACTIVATIONS = (nn.Sigmoid, nn.ReLU, nn.ReLU6, nn.Softplus, nn.Softmax)
@@ -34,50 +42,66 @@ def _local_trace(trace: TraceRecorder | None) -> TraceRecorder:
     return trace if trace is not None else TraceRecorder(every=10**9)
 
 
+def early_stop_interval(iterations: int) -> int:
+    """Steps between two early-stop checks: iDLG's ``int(Iteration / 30)`` (10 of 300), at least 1."""
+    return max(1, int(iterations) // 30)
+
+
 class GradientMatching:
     """L-BFGS on DLG's gradient distance; the loop DLG, iDLG and the hybrid share.
 
     Args:
-        iterations: L-BFGS steps (``optimizer.step`` calls); DLG and iDLG use 300.
+        iterations: L-BFGS steps (``optimizer.step`` calls), >= 1; DLG and iDLG use 300.
         lr: L-BFGS learning rate (DLG: 1).
         history_size: L-BFGS history (PyTorch's default 100, as DLG).
         max_iter: closure evaluations per step (PyTorch's default 20, as DLG).
-        tolerance: stop once the gradient loss falls below it (0: never; iDLG's code uses 1e-6).
+        early_stop: iDLG's convergence stop: after steps 1, 1 + k, 1 + 2k, ... with
+            ``k = early_stop_interval(iterations)`` (every 10 of 300), the gradient loss at the new iterate is
+            evaluated and the run ends if it is below ``early_stop``. ``0`` never stops early (DLG's code);
+            iDLG's code uses ``1e-6``. The check's evaluation is not an L-BFGS closure evaluation.
         dtype: ``float32`` or ``float64``, the precision the attack optimises in.
+
+    Every value is validated here: a wrong type, NaN, inf or an out-of-range value raises ``UserInputError``.
     """
 
     def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
-                 tolerance: float = 0.0, dtype: str = "float32") -> None:
-        if int(iterations) < 0:
-            raise UserInputError(f"attack.iterations={iterations} is not valid; it must be >= 0.")
-        if int(max_iter) < 1 or int(history_size) < 1:
-            raise UserInputError("attack.max_iter and attack.history_size must be >= 1.")
-        self.iterations = int(iterations)
-        self.lr = float(lr)
-        self.history_size = int(history_size)
-        self.max_iter = int(max_iter)
-        self.tolerance = float(tolerance)
+                 early_stop: float = 0.0, dtype: str = "float32") -> None:
+        self.iterations = as_int(iterations, "attack.iterations", minimum=1, meaning="the number of L-BFGS steps")
+        self.lr = as_float(lr, "attack.lr", positive=True, meaning="the L-BFGS learning rate")
+        self.history_size = as_int(history_size, "attack.history_size", minimum=1,
+                                   meaning="the L-BFGS history length")
+        self.max_iter = as_int(max_iter, "attack.max_iter", minimum=1,
+                               meaning="closure evaluations per L-BFGS step")
+        self.early_stop = as_float(early_stop, "attack.early_stop", minimum=0.0,
+                                   meaning="stop once the gradient loss is below it; 0 never stops early")
         self.dtype_name = dtype
         self.dtype = attack_dtype(dtype)
+        self._run_info: dict[str, Any] = {}
 
     def optimise(self, params: list[torch.Tensor], objective: Callable[[], torch.Tensor], dummy: torch.Tensor,
                  trace: TraceRecorder) -> tuple[int, float, bool]:
         """Run L-BFGS on ``params`` (``dummy`` is the image batch among them, the one traced).
 
-        Returns ``(iterations run, final gradient loss, diverged)``. On a NaN/inf loss the loop stops and
+        Step ``it`` (1-based) is traced with the loss ``optimizer.step`` returns, i.e. the loss at the iterate
+        before the step. Returns ``(iterations run, final gradient loss, diverged)``; the closure count and
+        whether the early stop fired go to ``info`` (``_result_info``). On a NaN/inf loss the loop stops and
         ``params`` are restored to the last iterate with a finite loss (whose loss is then reported).
         """
         optimizer = torch.optim.LBFGS(params, lr=self.lr, history_size=self.history_size, max_iter=self.max_iter)
+        evaluations = 0
 
         def closure() -> torch.Tensor:
+            nonlocal evaluations
+            evaluations += 1
             loss = objective()
             grads = torch.autograd.grad(loss, params)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.detach()
             return loss.detach()
 
+        interval = early_stop_interval(self.iterations)
         last_good = [p.detach().clone() for p in params]
-        diverged = False
+        diverged = stopped_early = False
         steps = 0
         for it in range(1, self.iterations + 1):
             before = [p.detach().clone() for p in params]
@@ -90,7 +114,8 @@ class GradientMatching:
                 break
             last_good = before
             trace.record(it, loss, dummy.detach())
-            if loss < self.tolerance:
+            if self.early_stop > 0 and (it - 1) % interval == 0 and float(objective().detach()) < self.early_stop:
+                stopped_early = True
                 break
         with torch.no_grad():
             final = float(objective().detach()) if not diverged else float("nan")
@@ -101,10 +126,11 @@ class GradientMatching:
                     p.copy_(good)
             final = float(objective().detach())
         trace.record(steps, final, dummy.detach(), force=True)
+        self._run_info = {"closure_evaluations": evaluations, "stopped_early": stopped_early}
         return steps, final, diverged
 
     def _result_info(self, diverged: bool) -> dict[str, Any]:
-        return {"diverged": diverged, "dtype": self.dtype_name}
+        return {"diverged": diverged, "dtype": self.dtype_name, **self._run_info}
 
 
 def _objective(model: nn.Module, dummy: torch.Tensor, label: torch.Tensor, targets: list[torch.Tensor],
@@ -121,17 +147,18 @@ class DLG(GradientMatching, Attack):
 
     The reported labels are the hard labels of the optimised dummy label (not of its initial value).
     ``init`` and ``seed`` fix the dummy input (``init``) and label logits (always ``randn``), drawn in
-    that order from a CPU ``torch.Generator`` seeded with ``seed``.
+    that order from a CPU ``torch.Generator`` seeded with ``seed``. Defaults follow DLG's ``main.py``
+    (no early stop); see ``GradientMatching`` for the other arguments.
     """
 
     name = "dlg"
     facts = AttackFacts(label="DLG", order=1, color="#D55E00", marker="s")
 
     def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
-                 init: str = "randn", tolerance: float = 0.0, dtype: str = "float32", seed: int = 0) -> None:
-        super().__init__(iterations, lr, history_size, max_iter, tolerance, dtype)
-        self.init = init
-        self.seed = int(seed)
+                 init: str = "randn", early_stop: float = 0.0, dtype: str = "float32", seed: int = 0) -> None:
+        super().__init__(iterations, lr, history_size, max_iter, early_stop, dtype)
+        self.init = as_choice(init, "attack.init", list(INITS))
+        self.seed = as_int(seed, "attack.seed", meaning="the seed of the dummy draws")
 
     def _setup(self, shared: SharedGradient):
         """The attacker's model copy, the target gradients, the seeded generator and the dummy input."""
@@ -249,10 +276,16 @@ class IDLG(DLG):
     """iDLG: the label from the last layer's weight gradient (``infer_labels``), then DLG on the input alone.
 
     Label inference is part of the timed attack. ``labels_given`` is False: the labels are recovered.
+    Defaults follow iDLG's ``iDLG.py``, including its early stop (``early_stop=1e-6``, checked every
+    ``iterations // 30`` steps).
     """
 
     name = "idlg"
     facts = AttackFacts(label="iDLG", order=2, color="#E69F00", marker="^")
+
+    def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
+                 init: str = "randn", early_stop: float = 1e-6, dtype: str = "float32", seed: int = 0) -> None:
+        super().__init__(iterations, lr, history_size, max_iter, init, early_stop, dtype, seed)
 
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
         trace = _local_trace(trace)

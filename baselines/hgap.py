@@ -31,9 +31,9 @@ class HGAP(GradientMatching, Attack):
     facts = AttackFacts(label="R-GAP+DLG (hybrid)", order=4, color="#CC79A7", marker="v")
 
     def __init__(self, iterations: int = 300, lr: float = 1.0, history_size: int = 100, max_iter: int = 20,
-                 tolerance: float = 0.0, dtype: str = "float32",
+                 early_stop: float = 0.0, dtype: str = "float32",
                  weight_constraints: bool = True, balance: bool = True) -> None:
-        super().__init__(iterations, lr, history_size, max_iter, tolerance, dtype)
+        super().__init__(iterations, lr, history_size, max_iter, early_stop, dtype)
         self.rgap = RGAP(weight_constraints=weight_constraints, balance=balance)
 
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:

@@ -12,18 +12,20 @@ step once the gradient loss is ~1e-9, so the floor is set by those tolerances, n
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from baselines.dlg import DLG, IDLG, infer_labels
+from baselines.dlg import DLG, IDLG, early_stop_interval, infer_labels
 from baselines.hgap import HGAP
 from rgap.attack import SharedGradient, TraceRecorder
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.config import instantiate_group
-from rgap.core.errors import UnsupportedInputError
+from rgap.core.errors import UnsupportedInputError, UserInputError
 from rgap.harness.trial import run_trial
 from rgap.recursive import RGAP
 from rgap.zoo.models import conv_net
@@ -75,7 +77,9 @@ def test_idlg_recovers_input_cross_entropy():
 def test_idlg_recovers_input_logistic():
     x = image(501)
     shared = compute_shared_gradient(sigmoid_net(1, 1), x, torch.tensor([1]), loss="logistic")
-    result = IDLG(iterations=20, dtype="float64").reconstruct(shared)
+    # early_stop=0: this single-logit net's gradient loss is below iDLG's 1e-6 after the first step already
+    # (the default stop ends the run there, at 33 dB); the test is about where L-BFGS converges.
+    result = IDLG(iterations=20, dtype="float64", early_stop=0.0).reconstruct(shared)
     assert psnr(result.reconstruction, x) > PSNR_BAR  # measured 63 dB
     assert result.labels.tolist() == [1]
     assert result.info["label_rule"].startswith("logistic")
@@ -154,10 +158,74 @@ def test_determinism_and_seed():
     assert first.reconstruction.dtype == torch.float64
 
 
-def test_tolerance_stops_early():
+def idlg_code_loop(shared: SharedGradient, iterations: int, threshold: float) -> tuple[int, torch.Tensor]:
+    """iDLG.py's loop written out independently: L-BFGS step, then the loss at the new iterate; at 0-based
+    steps that are multiples of ``int(iterations / 30)`` the run ends if that loss is below ``threshold``.
+    Same dummy draw as ``IDLG(seed=0, dtype='float64')``; returns (steps run, final dummy)."""
+    model = copy.deepcopy(shared.model).double()
+    targets = [g.double() for g in shared.gradients]
+    label = infer_labels(shared)[0]
+    x = torch.randn(shared.batch_size, *shared.input_shape, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64).requires_grad_(True)
+    optimizer = torch.optim.LBFGS([x], lr=1.0)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        grads = torch.autograd.grad(F.cross_entropy(model(x), label), list(model.parameters()), create_graph=True)
+        diff = sum(((g - t) ** 2).sum() for g, t in zip(grads, targets, strict=True))
+        diff.backward()
+        return diff
+
+    for step in range(iterations):
+        optimizer.step(closure)
+        current = closure().item()
+        if step % int(iterations / 30) == 0 and current < threshold:
+            break
+    return step + 1, x.detach()
+
+
+def test_early_stop_follows_idlg_code():
+    """90 steps (checks after steps 1, 4, 7, ...), threshold 1e-4. Measured losses after steps 1-4: 3.8e-4,
+    8.7e-6, 1.3e-7, 6.5e-10: a check after every step would stop after step 2, a check of the loss L-BFGS
+    returns (the loss *before* the step) after step 3; iDLG's rule stops after step 4."""
     _, shared = ce_case(2)
-    result = IDLG(iterations=50, tolerance=1e-4, dtype="float64").reconstruct(shared)
-    assert result.iterations < 50
+    steps, x = idlg_code_loop(shared, 90, 1e-4)
+    assert steps == 4
+    result = IDLG(iterations=90, early_stop=1e-4, dtype="float64").reconstruct(shared)
+    assert result.iterations == steps and result.info["stopped_early"]
+    assert torch.allclose(result.reconstruction, x, rtol=0, atol=1e-12)
+    assert result.final_loss < 1e-4
+    # Without the early stop the same run goes on to the end.
+    full = IDLG(iterations=90, early_stop=0.0, dtype="float64").reconstruct(shared)
+    assert full.iterations == 90 and not full.info["stopped_early"]
+
+
+def test_early_stop_defaults_follow_each_code():
+    assert DLG().early_stop == 0.0  # DLG's main.py never stops early
+    assert IDLG().early_stop == 1e-6  # iDLG.py: loss < 0.000001, checked every Iteration/30 steps
+    assert HGAP().early_stop == 0.0
+    assert early_stop_interval(300) == 10 and early_stop_interval(20) == 1
+
+
+@pytest.mark.parametrize("cls", [DLG, IDLG, HGAP])
+@pytest.mark.parametrize(("key", "bad"), [
+    ("early_stop", -1e-6), ("early_stop", float("nan")), ("early_stop", float("inf")), ("early_stop", "1e-6"),
+    ("early_stop", True), ("iterations", 0), ("iterations", -5), ("iterations", 2.5), ("iterations", "300"),
+    ("lr", float("nan")), ("lr", 0.0), ("lr", -1.0), ("history_size", 0), ("max_iter", 0),
+    ("dtype", "float16"),
+])
+def test_bad_options_are_one_paragraph_user_errors(cls, key, bad):
+    with pytest.raises(UserInputError) as info:
+        cls(**{key: bad})
+    message = str(info.value)
+    assert f"attack.{key}={bad!r}" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("key", "bad"), [("init", "zeros"), ("seed", 1.5), ("seed", "0")])
+def test_bad_dummy_options(key, bad):
+    for cls in (DLG, IDLG):
+        with pytest.raises(UserInputError, match=f"attack.{key}="):
+            cls(**{key: bad})
 
 
 def test_nan_gradient_diverges_without_crashing():

@@ -20,14 +20,21 @@ from rgap.core.errors import UserInputError
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def as_bool(value: Any, key: str) -> bool:
-    """``value`` if it is a real boolean (``true``/``false`` on the command line), else ``UserInputError``."""
+def _what(meaning: str) -> str:
+    return f" ({meaning})" if meaning else ""
+
+
+def as_bool(value: Any, key: str, meaning: str = "") -> bool:
+    """``value`` if it is a real boolean (``true``/``false`` on the command line), else ``UserInputError``.
+
+    ``meaning`` (every function here takes it) says in a few words what the option is, for the message.
+    """
     if isinstance(value, bool):
         return value
-    raise UserInputError(f"{key}={value!r} is not a boolean; use {key}=true or {key}=false.")
+    raise UserInputError(f"{key}={value!r} is not a boolean{_what(meaning)}; use {key}=true or {key}=false.")
 
 
-def as_int(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+def as_int(value: Any, key: str, minimum: int | None = None, maximum: int | None = None, meaning: str = "") -> int:
     """``value`` as an int; floats are accepted only when integral (``2.0``), strings and booleans never."""
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -36,30 +43,30 @@ def as_int(value: Any, key: str, minimum: int | None = None, maximum: int | None
         number = int(value)
     bounds = _bounds_text(minimum, maximum)
     if number is None:
-        raise UserInputError(f"{key}={value!r} is not an integer; give a whole number{bounds}.")
+        raise UserInputError(f"{key}={value!r} is not an integer{_what(meaning)}; give a whole number{bounds}.")
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise UserInputError(f"{key}={number} is out of range; give a whole number{bounds}.")
+        raise UserInputError(f"{key}={number} is out of range{_what(meaning)}; give a whole number{bounds}.")
     return number
 
 
 def as_float(value: Any, key: str, minimum: float | None = None, maximum: float | None = None,
-             positive: bool = False) -> float:
+             positive: bool = False, meaning: str = "") -> float:
     """``value`` as a finite float (ints accepted); NaN, infinities, strings and booleans are refused."""
     bounds = " > 0" if positive else _bounds_text(minimum, maximum)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise UserInputError(f"{key}={value!r} is not a finite number; give a number{bounds}.")
+        raise UserInputError(f"{key}={value!r} is not a finite number{_what(meaning)}; give a number{bounds}.")
     number = float(value)
     if (positive and number <= 0) or (minimum is not None and number < minimum) or \
             (maximum is not None and number > maximum):
-        raise UserInputError(f"{key}={number!r} is out of range; give a number{bounds}.")
+        raise UserInputError(f"{key}={number!r} is out of range{_what(meaning)}; give a number{bounds}.")
     return number
 
 
-def as_choice(value: Any, key: str, choices: Collection[str]) -> str:
+def as_choice(value: Any, key: str, choices: Collection[str], meaning: str = "") -> str:
     """``value`` if it is one of ``choices`` (compared as text), else ``UserInputError`` listing them."""
     text = str(value).lower() if isinstance(value, bool) else str(value)
     if text not in choices:
-        raise UserInputError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}.")
+        raise UserInputError(f"{key}={value!r} is not valid{_what(meaning)}; valid choices: {', '.join(choices)}.")
     return text
 
 
