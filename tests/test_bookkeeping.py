@@ -170,10 +170,12 @@ def test_legacy_rows_without_source_still_read(tmp_path):
     write_row(valid_row(), path)
     lines = path.read_text().splitlines()
     header, cells = lines[0].split(","), lines[1].split(",")
-    position = header.index("source")
-    del header[position], cells[position]
+    for column in ("source", "client_mode"):  # the two columns version 1 did not have
+        position = header.index(column)
+        del header[position], cells[position]
     path.write_text(",".join(header) + "\n" + ",".join(cells) + "\n")
     assert read_row(path)["source"] == "" and read_row(path)["batch_size"] == 1
+    assert read_row(path)["client_mode"] == ""
 
 
 def test_sweep_job_reruns_an_invalid_row(trial_cfg, tmp_path):
