@@ -242,8 +242,8 @@ def _same(a: object, b: object) -> bool:
 def trace_chain(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[Link], list[LayerProblem]]:
     """The units of ``model`` in the order one forward pass runs them, and the problems that make it no chain.
 
-    The pass runs on a seeded random batch of two in the model's dtype and device; buffers (batch-norm running
-    statistics in training mode) and the global random state are restored afterwards.
+    The pass runs on a seeded random input (one sample, or two where one fails) in the model's dtype and device;
+    buffers (batch-norm running statistics in training mode) and the global random state are restored afterwards.
     """
     names = {id(m): name for name, m in model.named_modules()}
     units = _units(model)
@@ -259,16 +259,24 @@ def trace_chain(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[Link
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.randn(2, *(int(s) for s in input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
-    x = x.to(device)
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     handles = [h for m in units for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    failure: Exception | None = None
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            out = model(x)
-    except Exception as exc:  # a model that cannot run on this input is the user's to fix
-        raise UserInputError(f"The model cannot run on inputs of shape {tuple(input_shape)}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        # One sample first; two if that fails (training-mode BatchNorm1d needs more than one value per channel).
+        for batch in (1, 2):
+            calls.clear()
+            x = torch.randn(batch, *(int(s) for s in input_shape), generator=torch.Generator().manual_seed(0),
+                            dtype=dtype).to(device)
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    out = model(x)
+                break
+            except Exception as exc:  # a model that cannot run on this input is the user's to fix
+                failure = failure or exc
+        else:
+            raise UserInputError(f"The model cannot run on inputs of shape {tuple(input_shape)}: "
+                                 f"{type(failure).__name__}: {failure}") from failure
     finally:
         for handle in handles:
             handle.remove()

@@ -234,3 +234,20 @@ def test_count_only_on_a_nested_train_mode_model() -> None:
     eval_rows = rank_analysis(model.eval(), SHAPE)
     assert [r.predicted for r in eval_rows] == ["determined", "deficient", "determined"]
     assert eval_rows[0].note == "bn folded (output)" and eval_rows[1].note.startswith("avgpool 2x2 composed")
+
+
+def test_trace_runs_one_sample_or_two() -> None:
+    """A forward that hard-codes one sample runs; training-mode BatchNorm1d (needs two samples) is still read."""
+    class OneSample(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(72, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.view(1, -1))
+
+    assert [s.name for s in parse_stages(OneSample(), SHAPE)] == ["fc1"]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(72, 4), nn.BatchNorm1d(4), nn.LeakyReLU(0.2), nn.Linear(4, 1))
+    reading = read_stages(model.train(), SHAPE)
+    assert [p.where.split(" (")[0] for p in reading.problems] == ["layer 2"]
+    assert "training mode" in reading.problems[0].reason
