@@ -79,7 +79,7 @@ def _assert_well_posed(blocks: list[Block], model: nn.Module, x: torch.Tensor) -
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_eval_batch_norm_is_exact(seed: int, affine: bool, bias: bool) -> None:
     blocks = bn_blocks(seed, affine, bias)
     model = sequential(blocks)
@@ -168,7 +168,7 @@ def test_full_rank_pooling_is_exact(seed: int) -> None:
         mat = _pool_matrix(pool, shape)
         assert int(torch.linalg.matrix_rank(mat)) == mat.shape[1]  # the pool itself is injective
     _assert_well_posed(blocks, model, x)
-    for kwargs in ({}, {"dense_limit": 10}):
+    for kwargs in ({}, {"dense_limit": 10})[: 2 if seed == 0 else 1]:  # the matrix-free path once
         result = _attack(model, x, **kwargs)
         err = float((result.reconstruction - x).abs().max())
         assert err < TOL, (err, result.info["rgap_layers"])
