@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from rgap.attack.losses import get_loss, head_loss, reversed_labels
-from rgap.core.errors import UnsupportedLayerError
-from rgap.inverters import make_inverter
-from rgap.network import Stage, collect_shapes, parse_stages
+from rgap.composite import make_stage_inverter
+from rgap.network import Stage, collect_shapes, format_problems, read_stages
 from rgap.solvers import numerical_rank, singular_values_from_gram
 
 
@@ -52,7 +51,8 @@ class LayerRank:
     deficiency: int | None  # unknowns - rank (None: not computed)
     predicted: str  # "deficient" if index_v > 0 else "determined" ("unsupported": R-GAP cannot run at all)
     b: int = 0  # bias parameters: constraints on k, not on x (a fully connected layer's bias gradient is k)
-    note: str = ""  # why the layer cannot be inverted, or how its k is read
+    note: str = ""  # why the layer cannot be inverted, what is folded/composed into it, how its k is read
+    rank_bound: int | None = None  # rank <= this from pooling composed into the layer (None: no bound below x)
 
 
 def total_params(model: nn.Module) -> int:
@@ -77,6 +77,7 @@ def operating_point(
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(k, grad_w, z) of every stage of ``model`` (already float64) at a seeded random input in [0, 1].
 
+    ``z`` is the stage's pre-activation (the output of its layer, or of the batch norm folded after it) and
     ``k = dl/dz`` is the gradient of the logistic loss w.r.t. the layer's pre-activation output, taken by
     autograd; the label is reversed as in the reference code (0 if the logit is positive, else 1), or the least
     likely class for a multi-class head (softmax cross-entropy).
@@ -91,7 +92,7 @@ def operating_point(
         outputs[id(module)] = output
         return output.clone()  # an in-place activation then cannot overwrite z or redirect its gradient
 
-    handles = [stage.layer.register_forward_hook(hook) for stage in stages]
+    handles = [stage.z_module.register_forward_hook(hook) for stage in stages]
     try:
         with torch.enable_grad():
             for p in model.parameters():
@@ -104,7 +105,7 @@ def operating_point(
             handle.remove()
     point = []
     for stage in stages:
-        out = outputs[id(stage.layer)]
+        out = outputs[id(stage.z_module)]
         point.append((out.grad[0].detach(), stage.layer.weight.grad.detach().clone(), out[0].detach()))
     return point
 
@@ -119,6 +120,12 @@ def rank_analysis(
 ) -> list[LayerRank]:
     """Counts, virtual constraints and numerical rank of every layer, input layer first.
 
+    Layers are the stages of ``rgap.network``: batch norm in eval mode is folded into its layer and average
+    pooling composed with the layer after it, so ``x`` counts the stage's unknown (a pool's input), ``w`` the
+    layer's weights and ``z`` the stage's outputs, and ``rank_bound`` is the pooled size when it is below ``x``
+    (``predicted`` is then ``deficient`` whatever the counts say). The model's mode is honoured: batch norm or
+    dropout in training mode makes it ``unsupported`` (counts only, see :func:`count_only`).
+
     The numerical rank is that of the stacked system [K; A] with gradient and weight constraints (top layer
     included), taken from the singular values of its Gram matrix ``G = K^T K + A^T A`` built by the layer's
     inverter, with the cut-off ``rgap.solvers.RCOND``. The model is copied and cast to float64; the original
@@ -128,11 +135,11 @@ def rank_analysis(
     """
     input_shape = tuple(int(s) for s in input_shape)
     work = copy.deepcopy(model).to(torch.float64)
-    try:
-        stages = parse_stages(work, input_shape)
-    except UnsupportedLayerError as exc:
-        return count_only(work, input_shape, str(exc))
-    inverters = [make_inverter(s.layer, s.input_shape, s.output_shape) for s in stages]
+    reading = read_stages(work, input_shape)
+    if reading.problems:
+        return count_only(work, input_shape, format_problems(reading.problems), reading.stages)
+    stages = reading.stages
+    inverters = [make_stage_inverter(s) for s in stages]
     counts = [inv.counts() for inv in inverters]
     indices = [c.x - c.w - c.z for c in counts]
     virtual = virtual_constraints(indices)
@@ -156,7 +163,7 @@ def rank_analysis(
         rows.append(
             LayerRank(
                 layer=stage.name,
-                kind="conv" if isinstance(stage.layer, nn.Conv2d) else "fc",
+                kind=stage.kind,
                 x=c.x,
                 w=c.w,
                 z=c.z,
@@ -166,34 +173,56 @@ def rank_analysis(
                 rank=rank,
                 unknowns=c.x,
                 deficiency=deficiency,
-                predicted="deficient" if index_v > 0 else "determined",
+                predicted="deficient" if index_v > 0 or stage.rank_bound < c.x else "determined",
                 b=stage.layer.bias.numel() if stage.has_bias else 0,
-                note="k read from the bias gradient" if stage.has_bias and isinstance(stage.layer, nn.Linear) else "",
+                note=stage_note(stage),
+                rank_bound=stage.rank_bound if stage.rank_bound < c.x else None,
             )
         )
     return rows
 
 
-def count_only(model: nn.Module, input_shape: Sequence[int], reason: str) -> list[LayerRank]:
+def stage_note(stage: Stage) -> str:
+    """What the rank table says about a stage: what is folded/composed into it and how its ``k`` is read."""
+    notes = stage.notes()
+    if stage.rank_bound < stage.input_size:
+        notes.append(f"rank <= {stage.rank_bound} (pooled)")
+    if stage.k_rule:
+        notes.append(f"k read from the {stage.k_rule} gradient")
+    return "; ".join(notes)
+
+
+def count_only(model: nn.Module, input_shape: Sequence[int], reason: str,
+               stages: Sequence[Stage] | None = None) -> list[LayerRank]:
     """Constraint counts of every Conv2d/Linear layer of a network R-GAP cannot invert (no numerical rank).
 
-    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layer stops R-GAP, and why).
+    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layers stop R-GAP, and why). With the
+    partial ``stages`` of ``rgap.network.read_stages`` the counts are those of the stages (pre-maps composed, batch
+    norm folded); without them (no chain), of every weight layer in ``model.modules()`` order.
     """
-    shapes = collect_shapes(model, input_shape)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    counts = {"conv": 0, "fc": 0}
-    rows, sizes = [], []
-    for layer in layers:
-        kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
-        counts[kind] += 1
-        in_shape, out_shape = shapes[layer]
-        x, z = int(torch.Size(in_shape).numel()), int(torch.Size(out_shape).numel())
-        sizes.append((f"{kind}{counts[kind]}", kind, x, layer.weight.numel(), z,
-                      layer.bias.numel() if layer.bias is not None else 0))
+    sizes = []
+    bounds: list[int | None] = []
+    if stages:
+        for stage in stages:
+            sizes.append((stage.name, stage.kind, stage.input_size, stage.layer.weight.numel(), stage.output_size,
+                          stage.layer.bias.numel() if stage.has_bias else 0))
+            bounds.append(stage.rank_bound if stage.rank_bound < stage.input_size else None)
+    else:
+        shapes = collect_shapes(model, input_shape)
+        counts = {"conv": 0, "fc": 0}
+        for layer in (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))):
+            kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
+            counts[kind] += 1
+            in_shape, out_shape = shapes[layer]
+            sizes.append((f"{kind}{counts[kind]}", kind, int(torch.Size(in_shape).numel()), layer.weight.numel(),
+                          int(torch.Size(out_shape).numel()), layer.bias.numel() if layer.bias is not None else 0))
+            bounds.append(None)
     virtual = virtual_constraints([x - w - z for _, _, x, w, z, _ in sizes])
-    for (name, kind, x, w, z, b), v in zip(sizes, virtual, strict=True):
+    rows = []
+    for (name, kind, x, w, z, b), v, bound in zip(sizes, virtual, bounds, strict=True):
         rows.append(LayerRank(layer=name, kind=kind, x=x, w=w, z=z, v=v, index=x - w - z, index_v=x - w - z - v,
-                              rank=None, unknowns=x, deficiency=None, predicted="unsupported", b=b, note=reason))
+                              rank=None, unknowns=x, deficiency=None, predicted="unsupported", b=b, note=reason,
+                              rank_bound=bound))
     return rows
 
 
@@ -203,6 +232,6 @@ RANK_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerRank))
 def rank_table(rows: list[LayerRank]) -> pd.DataFrame:
     """One row per layer in the given order (input layer first), columns as the ``LayerRank`` fields."""
     frame = pd.DataFrame([asdict(r) for r in rows], columns=list(RANK_COLUMNS))
-    for column in ("rank", "deficiency"):
+    for column in ("rank", "deficiency", "rank_bound"):
         frame[column] = frame[column].astype("Int64")
     return frame

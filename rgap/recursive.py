@@ -27,10 +27,11 @@ from torch import nn
 
 from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
 from rgap.attack.losses import get_loss, signed_labels
+from rgap.composite import make_stage_inverter
 from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError
 from rgap.core.validation import as_bool, as_choice, as_float, as_int
 from rgap.heads import TopStart, last_layer_roots, read_head
-from rgap.inverters import LayerInverter, make_inverter
+from rgap.inverters import LayerInverter
 from rgap.network import Stage, parse_stages
 from rgap.solvers import Solution, SolveOptions
 
@@ -54,7 +55,8 @@ class Candidate:
 
 
 class RGAP(Attack):
-    """Closed-form recursive reconstruction for chains of Conv2d/Linear layers (with or without biases).
+    """Closed-form recursive reconstruction for chains of Conv2d/Linear layers (with or without biases), with
+    eval-mode batch norm folded into them and average pooling composed with them (``rgap.composite``).
 
     Args:
         weight_constraints: stack the weight constraints ``A x = z`` with the gradient constraints
@@ -86,20 +88,21 @@ class RGAP(Attack):
         model = copy.deepcopy(shared.model).to(torch.float64)
         stages = parse_stages(model, shared.input_shape)
         self._check_supported(stages, shared.batch_size, shared.loss)
-        inverters = [make_inverter(s.layer, s.input_shape, s.output_shape) for s in stages]
+        inverters = [make_stage_inverter(s) for s in stages]
         device = shared.gradients[0].device
         params = [shared.gradients[i].detach().to(device=device, dtype=torch.float64)
                   for i in range(len(shared.gradients))]
         grads = [params[s.param_index] for s in stages]
-        bias_grads = [params[s.bias_index] if s.has_bias else None for s in stages]
+        top_bias_grad = params[stages[-1].bias_index] if stages[-1].has_bias else None
+        k_grads = [params[s.k_index] if s.k_index is not None else None for s in stages]
         if not any(bool(g.any()) for g in params):
             raise UnsupportedInputError("The shared gradient is all zeros: it carries no information to invert.")
         given = shared.labels.detach().to(device) if self.labels == "given" else None
 
-        starts = read_head(stages[-1], grads[-1], bias_grads[-1], shared.loss, given, shared.batch_size)
+        starts = read_head(stages[-1], grads[-1], top_bias_grad, shared.loss, given, shared.batch_size)
         if not starts:
             raise UnsupportedInputError("R-GAP could not read the output layer's gradient (all-zero gradient).")
-        candidates = [self._recurse(start, stages, inverters, grads, bias_grads) for start in starts]
+        candidates = [self._recurse(start, stages, inverters, grads, k_grads) for start in starts]
         combined = shared.batch_size > 1
         for cand in candidates:
             target = _residual_target(cand.start, given, combined, device)
@@ -132,6 +135,11 @@ class RGAP(Attack):
         if loss not in HEAD_LOSSES:
             raise UnsupportedInputError(f"R-GAP reads the output layer for the losses {', '.join(HEAD_LOSSES)}, "
                                         f"not loss={loss!r}.")
+        if stages[-1].post:
+            raise UnsupportedLayerError(
+                f"R-GAP reads the logits from the output layer's gradient; batch norm after the output layer "
+                f"{stages[-1].name} is not supported (remove it or put it before the output layer)."
+            )
         top = stages[-1].layer
         if not isinstance(top, nn.Linear):
             raise UnsupportedLayerError(f"R-GAP's closed-form first step needs a Linear output layer, got {top!r}.")
@@ -148,12 +156,14 @@ class RGAP(Attack):
             )
 
     def _recurse(self, start: TopStart, stages: list[Stage], inverters: list[LayerInverter],
-                 grads: list[torch.Tensor], bias_grads: list[torch.Tensor | None]) -> Candidate:
+                 grads: list[torch.Tensor], k_grads: list[torch.Tensor | None]) -> Candidate:
+        """Solve the stages from the top down; each stage inverter removes its own offsets (bias, batch norm).
+
+        ``k_grads[i]`` is the gradient of a parameter that equals stage ``i``'s ``k`` (``Stage.k_index``), if any.
+        """
         top = stages[-1]
         k = start.k
-        z_top = None
-        if start.z is not None and self.weight_constraints:
-            z_top = start.z - (top.layer.bias.detach().to(start.z) if top.has_bias else 0.0)
+        z_top = start.z if self.weight_constraints else None
         solution = inverters[-1].solve(k, grads[-1], z_top, self.balance, self.options)
         layers = [_describe(top, solution)]
         x = solution.x
@@ -161,23 +171,15 @@ class RGAP(Attack):
             stage = stages[i]
             a = x.reshape(stage.output_shape)
             z_i = stage.activation.inverse(a)
-            if bias_grads[i] is not None and isinstance(stage.layer, nn.Linear):
-                k = bias_grads[i].reshape(stage.output_shape)  # a fully connected layer's bias gradient is k
+            if k_grads[i] is not None:
+                k = k_grads[i].reshape(stage.output_shape)  # a fully connected layer's bias (or BN beta) gradient
             else:
                 k = inverters[i + 1].input_vjp(k).reshape(stage.output_shape) * stage.activation.derivative(z_i)
-            if stage.has_bias:
-                z_i = z_i - _broadcast_bias(stage, z_i)
             solution = inverters[i].solve(k, grads[i], z_i if self.weight_constraints else None, self.balance,
                                           self.options)
             layers.append(_describe(stage, solution, stage.activation.out_of_range(a)))
             x = solution.x
         return Candidate(start=start, x=x, layers=layers[::-1])
-
-
-def _broadcast_bias(stage: Stage, like: torch.Tensor) -> torch.Tensor:
-    """The stage's bias shaped like its output (per channel for convolutions)."""
-    bias = stage.layer.bias.detach().to(like)
-    return bias.reshape(-1, *([1] * (like.dim() - 1))) if like.dim() > 1 else bias
 
 
 def _residual_target(start: TopStart, given: torch.Tensor | None, combined: bool, device: torch.device) -> torch.Tensor:

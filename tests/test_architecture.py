@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "rgap.attack": 1,
     "rgap.algorithm": 2,
     **{f"rgap.{m}": 2 for m in ("recursive", "heads", "network", "activations", "inverters", "solvers", "matfree",
-                                "rank", "chainops")},
+                                "rank", "chainops", "composite", "verdict")},
     "baselines": 3,
     "rgap.client": 3,
     "rgap.zoo": 3,

@@ -200,7 +200,7 @@ def test_rank_table_columns_and_order() -> None:
     rows = rank_analysis(conv_net(shape, [(4, 3, 2, 1), (3, 2, 1, 0)], hidden=[5], seed=1), shape)
     table = rank_table(rows)
     expected = ["layer", "kind", "x", "w", "z", "v", "index", "index_v", "rank", "unknowns", "deficiency", "predicted",
-                "b", "note"]
+                "b", "note", "rank_bound"]
     assert list(table.columns) == expected
     assert list(table["layer"]) == ["conv1", "conv2", "fc1", "fc2"]
     assert table.loc[0, "x"] == 98 and table.loc[3, "z"] == 1
