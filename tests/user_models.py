@@ -31,3 +31,21 @@ class Net(nn.Module):
 def no_kwargs_builder(input_shape: Sequence[int]) -> nn.Module:
     """A builder that accepts only the input shape."""
     return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.Size(input_shape).numel()), 3, bias=False))
+
+
+def bn_pool_net(input_shape: Sequence[int], seed: int, num_outputs: int = 1) -> nn.Module:
+    """Eval-mode batch norm and average pooling: conv -> BN -> LeakyReLU -> AvgPool2d(2) -> conv -> BN -> LeakyReLU
+    -> Flatten -> Linear. The pool discards three quarters of conv1's output, so the conv2 stage is deficient."""
+    channels, height, width = input_shape
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.LeakyReLU(0.2), nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.LeakyReLU(0.2), nn.Flatten(),
+        nn.Linear(16 * (height // 2) * (width // 2), num_outputs, bias=False))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # running statistics as a trained network has them
+            with torch.no_grad():
+                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+    return model.eval()
