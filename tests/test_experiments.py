@@ -86,6 +86,6 @@ def test_offline_variant_runs_reduced(experiment: str, tmp_path: Path) -> None:
             continue
         done.add(key)
         cfg = _compose(f"+experiment={experiment}", *point, *SHRINK.get(cfg.attack.name, []), "threads=1")
-        _, row = run_sweep_job(cfg, tmp_path)
+        row = run_sweep_job(cfg, tmp_path).row
         assert row is not None and row["status"] in ("ok", "unsupported"), row.get("reason")
     assert len(completed_rows(tmp_path)) == len(done)

@@ -23,6 +23,7 @@ from scripts import paper_offline, paper_tables, plot
 from scripts.collect import collect
 from scripts.reports.gallery import plot_gallery
 from scripts.reports.outputs import FIGURES, TABLES, make_plot, write_tables
+from scripts.reports.paper_numbers import RANK_FIGURE_PARAMS
 from scripts.reports.rank import rank_summary
 from scripts.reports.style import STYLE
 from scripts.reports.time_curves import on_grid, plot_time
@@ -324,18 +325,6 @@ def test_attack_styles_come_from_the_attack_facts():
     assert attack_facts("rgap").closed_form and not attack_facts("dlg").closed_form
 
 
-def test_rank_csv_is_composed_from_the_rank_config(tmp_path):
-    """The rank CSV of the figure's network A: its |W| is the figure's (3556), counts as the figure shows."""
-    from scripts.reports.paper_numbers import RANK_FIGURE_PARAMS
-    from scripts.reports.rank import write_rank_csv
-
-    table = pd.read_csv(write_rank_csv(tmp_path / "rank.csv", models=["rankfig_a"]))
-    assert list(table.columns[:2]) == ["model", "total_params"] and set(table["model"]) == {"rankfig_a"}
-    assert (table["total_params"] == RANK_FIGURE_PARAMS.values["rankfig_a"]).all()
-    conv = table[table["kind"] == "conv"].iloc[0]
-    assert (conv["x"], conv["w"], conv["z"], conv["index"]) == (3072, 192, 3364, -484)  # |x|-|W|-|z| < 0
-
-
 def test_errors_exit_2(tmp_path, capsys):
     missing = tmp_path / "nope"
     assert paper_tables.main([str(missing), "--experiment", "table1"]) == 2
@@ -400,7 +389,7 @@ def test_offline_experiment_end_to_end_reduced(key, tmp_path):
             cfg = compose_benchmark(f"+experiment={config}", *point, "threads=1")
             if cfg.attack.name != "rgap":
                 cfg = compose_benchmark(f"+experiment={config}", *point, "threads=1", "attack.iterations=2")
-            _, new = run_sweep_job(cfg, sweep)
+            new = run_sweep_job(cfg, sweep).row
             assert new is not None and new["status"] == "ok", (point, new and new["reason"])
     collect(sweep)
     trials = load_trials(sweep)
@@ -413,6 +402,13 @@ def test_offline_experiment_end_to_end_reduced(key, tmp_path):
     if exp.rank_analysis:
         expected.add("rank_analysis.csv")
     assert set(names) == expected and len(names) == len(expected)
+    if exp.rank_analysis:  # composed from conf/rank.yaml: each figure network has the figure's |W|
+        analysis = pd.read_csv(out / "rank_analysis.csv")
+        assert set(analysis["model"]) == set(models)
+        assert (analysis["total_params"] == analysis["model"].map(RANK_FIGURE_PARAMS.values)).all()
+        if "rankfig_a" in models:  # the figure's column 1: conv1 |x|-|W|-|z| = 3072 - 192 - 3364 = -484
+            conv = analysis[(analysis["model"] == "rankfig_a") & (analysis["kind"] == "conv")].iloc[0]
+            assert (conv["x"], conv["w"], conv["z"], conv["index"]) == (3072, 192, 3364, -484)
     assert all(f.stat().st_size > (1000 if f.suffix == ".png" else 0) for f in files)
     assert not list(out.rglob("*.pdf"))
     for table in exp.tables:
