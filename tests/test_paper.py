@@ -12,13 +12,22 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from matplotlib import pyplot as plt
 from matplotlib.collections import PathCollection
 from PIL import Image
 
+from rgap.core.errors import UserInputError
 from rgap.harness.schema import ROW_COLUMNS, TRACE_COLUMNS, write_csv, write_row
 from rgap.harness.sweep import run_sweep_job
 from scripts import paper_offline, paper_tables, plot
 from scripts.collect import collect
+from scripts.reports.gallery import plot_gallery
+from scripts.reports.outputs import FIGURES, TABLES, make_plot, write_tables
+from scripts.reports.paper_numbers import RANK_FIGURE_PARAMS
+from scripts.reports.rank import rank_summary
+from scripts.reports.style import STYLE
+from scripts.reports.time_curves import on_grid, plot_time
+from scripts.reports.trials import load_trials
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -81,7 +90,7 @@ def table1_rows() -> list[dict]:
 
 def test_table1_cells_counts_and_footnotes(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", table1_rows())
-    md_path, csv_path = paper_tables.write_tables(sweep, "table1", out=tmp_path / "out")
+    md_path, csv_path = write_tables(sweep, "table1", out=tmp_path / "out")
     md = md_path.read_text()
     assert "sample standard deviation (ddof=1)" in md
     table = pd.read_csv(csv_path)
@@ -102,11 +111,11 @@ def test_table1_cells_counts_and_footnotes(tmp_path):
     assert "ReLU has no inverse" in md  # the unsupported reason is quoted in a footnote
     assert "| 0.50 ± 0.00 s (n=3; 1 unsupported) |" in md
     inf_sweep = make_sweep(tmp_path / "inf", [row("rgap", psnr=50.0), row("rgap", index=1, psnr=float("inf"))])
-    inf_table = pd.read_csv(paper_tables.write_tables(inf_sweep, "table1", out=tmp_path / "inf_out")[1])
+    inf_table = pd.read_csv(write_tables(inf_sweep, "table1", out=tmp_path / "inf_out")[1])
     assert inf_table.set_index("metric").loc["psnr", "cnn6"] == "inf [1] (n=2)"
     # deterministic: a second run (from row files only, no trials.csv) writes the same bytes
     (sweep / "trials.csv").unlink()
-    again = paper_tables.write_tables(sweep, "table1", out=tmp_path / "again")
+    again = write_tables(sweep, "table1", out=tmp_path / "again")
     assert again[0].read_text() == md and again[1].read_bytes() == csv_path.read_bytes()
 
 
@@ -117,7 +126,7 @@ def test_labels_table_rows_per_dataset_beside_the_paper(tmp_path):
              row("idlg", "lenet", dataset="sample_gray", index=1, status="failed")]
     rows += [row("dlg", "lenet", dataset="mnist", index=i, label_acc=a) for i, a in enumerate([1.0, 1.0, 0.0, 1.0])]
     sweep = make_sweep(tmp_path / "sweep", rows)
-    md_path, csv_path = paper_tables.write_tables(sweep, "labels", out=tmp_path / "out")
+    md_path, csv_path = write_tables(sweep, "labels", out=tmp_path / "out")
     table = pd.read_csv(csv_path, keep_default_na=False).set_index("data")
     assert list(table.index) == ["mnist (MNIST)", "sample", "sample_gray", "CIFAR-100", "LFW"]
     assert list(table.columns) == ["DLG (ours)", "iDLG (ours)", "DLG (iDLG paper, Table 1)",
@@ -136,7 +145,7 @@ def test_labels_table_rows_per_dataset_beside_the_paper(tmp_path):
     assert "[1] CIFAR-100: not run, this project has no CIFAR-100 loader" in md
     # without MNIST trials (the offline variant), MNIST is a "not run" row too, with its own reason
     offline = make_sweep(tmp_path / "offline", rows[:6])
-    table = pd.read_csv(paper_tables.write_tables(offline, "labels", out=tmp_path / "o")[1],
+    table = pd.read_csv(write_tables(offline, "labels", out=tmp_path / "o")[1],
                         keep_default_na=False).set_index("data")
     assert list(table.index) == ["sample", "sample_gray", "MNIST", "CIFAR-100", "LFW"]
     assert table.loc["MNIST", "DLG (ours)"] == "not run [1]"
@@ -169,8 +178,8 @@ def rank_rows() -> list[dict]:
 def test_rank_table_joins_and_agrees(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", rank_rows())
     csv = rank_csv(tmp_path / "rank.csv")
-    md_path, csv_path = paper_tables.write_tables(sweep, "rank", out=tmp_path / "out", rank_csv=csv)
-    summary = paper_tables.rank_summary(paper_tables.load_trials(sweep), pd.read_csv(csv)).set_index("model")
+    md_path, csv_path = write_tables(sweep, "rank", out=tmp_path / "out", rank_csv=csv)
+    summary = rank_summary(load_trials(sweep), pd.read_csv(csv)).set_index("model")
     assert list(summary.index) == ["lenet", "rankfig_a", "rankfig_b"]
     assert summary.loc["rankfig_a", "figure_params"] == 3556 and pd.isna(summary.loc["lenet", "figure_params"])
     assert pd.isna(summary.loc["lenet", "deficiency"]) and summary.loc["lenet", "deficiency_missing"] == 1
@@ -214,7 +223,7 @@ def test_noise_table(tmp_path):
     rows.append(row("rgap", "cnn6", index=5, status="failed", defense="gaussian",
                     defense_params='{"relative": true, "scale": 0.1}'))
     sweep = make_sweep(tmp_path / "sweep", rows)
-    md_path, csv_path = paper_tables.write_tables(sweep, "noise", out=tmp_path / "out")
+    md_path, csv_path = write_tables(sweep, "noise", out=tmp_path / "out")
     table = pd.read_csv(csv_path, dtype={"scale": str}).set_index("scale")
     assert list(table.index) == ["0", "0.001", "0.1"] and list(table.columns) == ["R-GAP", "DLG"]
     assert table.loc["0.001", "R-GAP"] == "42.0 (n=2)"
@@ -235,7 +244,7 @@ def test_plots_render(tmp_path, kind):
         param = "scale" if kind == "noise" else "prune_ratio"
         sweep = make_sweep(tmp_path / "sweep", noise_rows(param))
         extra["param"] = param
-    paths = plot.make_plot(kind.split("_")[0], sweep, out=tmp_path / "figs", **extra)
+    paths = make_plot(kind.split("_")[0], sweep, out=tmp_path / "figs", **extra)
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     assert all(p.is_file() and p.stat().st_size > 1000 for p in paths)
     assert not list((tmp_path / "figs").glob(".*"))  # no temporary file left behind
@@ -243,46 +252,77 @@ def test_plots_render(tmp_path, kind):
 
 def test_time_curves_and_gallery_blank(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", table1_rows(), traces=True, images=True)
-    trials = paper_tables.load_trials(sweep)
-    with plot.plt.rc_context(plot.STYLE):
-        fig = plot.plot_time(trials, sweep, models=["cnn6"])
+    trials = load_trials(sweep)
+    with plt.rc_context(STYLE):
+        fig = plot_time(trials, sweep, models=["cnn6"])
         assert fig.get_size_inches() == pytest.approx([3.3, 4.8])
         top = fig.axes[0]
         assert top.get_xscale() == "log" and top.get_ylabel() == "PSNR (dB)"
         assert [t.get_text() for t in top.get_legend().get_texts()] == ["R-GAP", "DLG"]
         dlg_line = top.get_lines()[0]
         assert dlg_line.get_ydata()[-1] == pytest.approx(13.0)  # median of the held final values 12 and 14
-        plot.plt.close(fig)
-        fig = plot.plot_gallery(trials, sweep, "cnn6", [0, 1])
+        plt.close(fig)
+        fig = plot_gallery(trials, sweep, "cnn6", [0, 1])
         texts = [t.get_text() for ax in fig.axes for t in ax.texts]
         assert texts.count("no image saved") == 2  # dlg trials were written without images
         assert sum(len(ax.images) for ax in fig.axes) == 4  # originals and R-GAP reconstructions are found
         assert "20.0 dB" in [ax.get_xlabel() for ax in fig.axes]
-        plot.plt.close(fig)
-        fig = plot.plot_gallery(trials, sweep, by="model")  # one row per model, the smallest common index
+        plt.close(fig)
+        fig = plot_gallery(trials, sweep, by="model")  # one row per model, the smallest common index
         assert [ax.get_ylabel() for ax in fig.axes[::4]] == ["cnn6", "cnn6d", "fcn3"]
         assert [ax.get_title() for ax in fig.axes[:4]] == ["original", "R-GAP", "DLG", "R-GAP+DLG (hybrid)"]
         assert fig.axes[5].get_xlabel() == "unsupported" and fig.axes[11].get_xlabel() == "40.0 dB"  # fcn3 at B=1
-        plot.plt.close(fig)
-        with pytest.raises(plot.UserInputError, match="--by"):
-            plot.plot_gallery(trials, sweep, by="seed")
+        plt.close(fig)
+        with pytest.raises(UserInputError, match="--by"):
+            plot_gallery(trials, sweep, by="seed")
     noisy = make_sweep(tmp_path / "noisy", noise_rows(), traces=True)
-    fig = plot.plot_time(paper_tables.load_trials(noisy), noisy)
+    fig = plot_time(load_trials(noisy), noisy)
     assert fig.texts[0].get_text().startswith("undefended trials only")
     scatter = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert [len(c.get_offsets()) for c in scatter] == [2]  # the two level-0 R-GAP trials of six
-    plot.plt.close(fig)
+    plt.close(fig)
     grid = np.array([0.5, 1.0, 2.0, 4.0])
-    assert np.allclose(plot.on_grid(grid, np.array([1.0, 2.0]), np.array([10.0, 20.0]))[1:], [10.0, 20.0, 20.0])
-    assert np.isnan(plot.on_grid(grid, np.array([1.0, 2.0]), np.array([10.0, 20.0]))[0])
+    assert np.allclose(on_grid(grid, np.array([1.0, 2.0]), np.array([10.0, 20.0]))[1:], [10.0, 20.0, 20.0])
+    assert np.isnan(on_grid(grid, np.array([1.0, 2.0]), np.array([10.0, 20.0]))[0])
 
 
-def test_hashes_mangled_by_collect_are_repaired(tmp_path):
+def test_all_digit_hashes_survive_collect(tmp_path):
+    """Hashes are text from the row files through trials.csv to the reports (no repair needed)."""
     rows = [row("rgap", index=0, config_hash="000000000123"), row("rgap", index=1, config_hash="00000000012a")]
     sweep = make_sweep(tmp_path / "sweep", rows, traces=True)
-    (sweep / "trials.csv").write_text((sweep / "trials.csv").read_text().replace(",000000000123,", ",123,"))
-    trials = paper_tables.load_trials(sweep)
+    assert ",000000000123," in (sweep / "trials.csv").read_text()
+    trials = load_trials(sweep)
     assert sorted(trials["config_hash"]) == ["000000000123", "00000000012a"]
+
+
+def test_trials_without_newer_columns_read_through_the_schema(tmp_path, capsys):
+    """A trials.csv from before the ``source`` column renders the same tables; one without the key columns, or with
+    a cell of the wrong type, is one paragraph and exit 2."""
+    sweep = make_sweep(tmp_path / "sweep", table1_rows())
+    md_path, csv_path = write_tables(sweep, "table1", out=tmp_path / "new")
+    old = pd.read_csv(sweep / "trials.csv", dtype=str, keep_default_na=False).drop(columns=["source"])
+    old.to_csv(sweep / "trials.csv", index=False)
+    again = write_tables(sweep, "table1", out=tmp_path / "old")
+    assert again[0].read_text() == md_path.read_text() and again[1].read_bytes() == csv_path.read_bytes()
+    assert str(load_trials(sweep)["batch_size"].dtype) == "Int64"  # typed by the schema, not guessed
+    old.drop(columns=["psnr"]).to_csv(sweep / "trials.csv", index=False)
+    assert paper_tables.main([str(sweep), "--experiment", "table1"]) == 2
+    assert "lacks the columns ['psnr']" in capsys.readouterr().err
+    old.assign(batch_size="1.5").to_csv(sweep / "trials.csv", index=False)
+    assert paper_tables.main([str(sweep), "--experiment", "table1"]) == 2
+    assert "not of its column's type" in capsys.readouterr().err
+
+
+def test_attack_styles_come_from_the_attack_facts():
+    from rgap.harness.compose import attack_facts
+    from scripts.reports.style import EXTRA_COLORS, color, marker
+
+    attacks = ["rgap", "dlg", "idlg", "ig", "hgap", "mine", "yours"]
+    colors = [color(a, attacks) for a in attacks]
+    assert colors[:5] == [attack_facts(a).color for a in attacks[:5]] and len(set(colors[:5])) == 5
+    assert colors[5:] == list(EXTRA_COLORS[:2])  # attacks without facts take the spare colours in turn
+    assert [marker(a) for a in ("rgap", "dlg", "mine")] == ["o", "s", "x"]
+    assert attack_facts("rgap").closed_form and not attack_facts("dlg").closed_form
 
 
 def test_errors_exit_2(tmp_path, capsys):
@@ -343,25 +383,47 @@ def test_offline_experiment_end_to_end_reduced(key, tmp_path):
     """One trial per attack (2 optimisation iterations) of each offline experiment, then its tables and figures
     exactly as `make paper-offline` publishes them (reference results use the configs' real settings)."""
     exp = paper_offline.EXPERIMENTS[key]
-    sweep = tmp_path / exp.config
-    for point in reduced_points(exp.config):
-        cfg = compose_benchmark(f"+experiment={exp.config}", *point, "threads=1")
-        if cfg.attack.name != "rgap":
-            cfg = compose_benchmark(f"+experiment={exp.config}", *point, "threads=1", "attack.iterations=2")
-        new = run_sweep_job(cfg, sweep).row
-        assert new is not None and new["status"] == "ok", (point, new and new["reason"])
+    sweep = tmp_path / exp.sweep_name
+    for config in exp.configs:
+        for point in reduced_points(config):
+            cfg = compose_benchmark(f"+experiment={config}", *point, "threads=1")
+            if cfg.attack.name != "rgap":
+                cfg = compose_benchmark(f"+experiment={config}", *point, "threads=1", "attack.iterations=2")
+            new = run_sweep_job(cfg, sweep).row
+            assert new is not None and new["status"] == "ok", (point, new and new["reason"])
     collect(sweep)
-    trials = paper_tables.load_trials(sweep)
+    trials = load_trials(sweep)
     models = sorted(set(trials["model"]))
-    files = paper_offline.publish(exp, sweep, tmp_path / "out", rank_models=models)
-    names = sorted(f.name for f in files)
-    expected = {f"{exp.table}.md", f"{exp.table}.csv", "trials.csv"}
-    expected |= {f"{options.get('name', kind)}.png" for kind, options in exp.plots
-                 if options.get("model", models[0]) in models}
-    if exp.table == "rank":
+    out = tmp_path / "out"
+    files = paper_offline.publish(exp, sweep, out, rank_models=models)
+    names = sorted(f.relative_to(out).as_posix() for f in files)
+    expected = {"trials.csv"} | {f"{table.path}.{ext}" for table in exp.tables for ext in ("md", "csv")}
+    expected |= {f"{figure.file_name}.png" for figure in exp.figures if (figure.model or models[0]) in models}
+    if exp.rank_analysis:
         expected.add("rank_analysis.csv")
     assert set(names) == expected and len(names) == len(expected)
+    if exp.rank_analysis:  # composed from conf/rank.yaml: each figure network has the figure's |W|
+        analysis = pd.read_csv(out / "rank_analysis.csv")
+        assert set(analysis["model"]) == set(models)
+        assert (analysis["total_params"] == analysis["model"].map(RANK_FIGURE_PARAMS.values)).all()
+        if "rankfig_a" in models:  # the figure's column 1: conv1 |x|-|W|-|z| = 3072 - 192 - 3364 = -484
+            conv = analysis[(analysis["model"] == "rankfig_a") & (analysis["kind"] == "conv")].iloc[0]
+            assert (conv["x"], conv["w"], conv["z"], conv["index"]) == (3072, 192, 3364, -484)
     assert all(f.stat().st_size > (1000 if f.suffix == ".png" else 0) for f in files)
-    assert not list((tmp_path / "out").glob("*.pdf"))
-    md = (tmp_path / "out" / f"{exp.table}.md").read_text()
-    assert "R-GAP" in md or "iDLG" in md
+    assert not list(out.rglob("*.pdf"))
+    for table in exp.tables:
+        md = (out / f"{table.path}.md").read_text()
+        assert "R-GAP" in md or "iDLG" in md
+
+
+def test_experiments_declare_their_configs_sweep_and_outputs():
+    """Each experiment's configs exist and write into its sweep directory; its tables and figures are kinds the
+    command lines know; no two tables (or figures) of an experiment share a file."""
+    for key, exp in paper_offline.EXPERIMENTS.items():
+        assert exp.key == key and exp.configs
+        for config in exp.configs:
+            assert compose_benchmark(f"+experiment={config}").sweep_name == exp.sweep_name
+        assert {t.kind for t in exp.tables} <= set(TABLES) and {f.kind for f in exp.figures} <= set(FIGURES)
+        tables, figures = [t.path for t in exp.tables], [f.file_name for f in exp.figures]
+        assert len(set(tables)) == len(tables) and len(set(figures)) == len(figures)
+    assert paper_offline.DEFAULT == ["labels", "noise", "rank", "table1"]  # the defense sweeps only on request
