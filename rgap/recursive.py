@@ -77,7 +77,7 @@ class RGAP(Attack):
         self.weight_constraints = as_bool(weight_constraints, "attack.weight_constraints")
         self.balance = as_bool(balance, "attack.balance")
         self.labels = as_choice(labels, "attack.labels", LABEL_MODES)
-        self.options = SolveOptions(dense_limit=as_int(dense_limit, "attack.dense_limit", minimum=1),
+        self.options = SolveOptions(dense_limit=as_int(dense_limit, "attack.dense_limit", minimum=0),
                                     cg_tol=as_float(cg_tol, "attack.cg_tol", positive=True),
                                     cg_maxiter=as_int(cg_maxiter, "attack.cg_maxiter", minimum=1))
 
