@@ -68,3 +68,14 @@ def test_version_1_rows_read_with_the_current_schema():
     for path in (V1 / "sweep_trials").glob("*/row.csv"):
         row = read_row(path)
         assert row["status"] == "ok" and row["source"] == "" and isinstance(row["batch_size"], int)
+
+
+def test_version_1_hashes_of_many_configs_are_found():
+    import json
+
+    from rgap.harness.compose import compose_config
+
+    cases = json.loads((V1 / "hashes.json").read_text())["cases"]
+    assert len(cases) >= 10
+    for case in cases:
+        assert case["v1_hash"] in legacy_hashes(compose_config("benchmark", case["overrides"])), case["name"]

@@ -40,8 +40,8 @@ def bn_pool_net(input_shape: Sequence[int], seed: int, num_outputs: int = 1) -> 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.LeakyReLU(0.2), nn.AvgPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.LeakyReLU(0.2), nn.Flatten(),
+        nn.Conv2d(channels, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.AvgPool2d(2),
+        nn.Conv2d(4, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.LeakyReLU(0.2), nn.Flatten(),
         nn.Linear(16 * (height // 2) * (width // 2), num_outputs, bias=False))
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):  # running statistics as a trained network has them

@@ -43,6 +43,10 @@ V1_TARGETS: dict[str, dict[str, str]] = {
 }
 
 
+#: Version 1's model configs that held the weight keys (``checkpoint``, ``state``, ``rank_check``).
+V1_WEIGHT_KEY_MODELS = ("cnn6", "cnn6d", "cnn6w", "fcn3", "lenet")
+
+
 def _container(cfg: Mapping[str, Any]) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
     assert isinstance(container, dict)
@@ -88,10 +92,14 @@ def legacy_hashes(cfg: Mapping[str, Any]) -> list[str]:
             node["_target_"] = targets[node["name"]]
     model = payload.get("model")
     weights = payload.pop("weights", None)
-    if isinstance(model, dict) and isinstance(weights, dict):  # version 1 kept the weight keys in the model
+    if isinstance(model, dict) and isinstance(weights, dict) and model.get("name") in V1_WEIGHT_KEY_MODELS:
+        # version 1 kept the weight keys in these models' configs (the rank-figure networks had none)
         model.update({k: weights[k] for k in ("checkpoint", "state", "rank_check") if k in weights})
     if payload.get("client_mode") == "eval":  # version 1 had no such option; its clients computed in eval mode
         del payload["client_mode"]
+    attack = payload.get("attack")
+    if isinstance(attack, dict):
+        _v1_attack_options(attack)
     rank_checks: list[Any] = [None]
     if isinstance(model, dict) and "rank_check" in model:
         rank_checks = list(dict.fromkeys([model["rank_check"], True, False]))
@@ -106,3 +114,18 @@ def legacy_hashes(cfg: Mapping[str, Any]) -> list[str]:
         keys.append(_digest(candidate))
     current = trial_hash(cfg)
     return [k for k in dict.fromkeys(keys) if k != current]
+
+
+def _v1_attack_options(attack: dict[str, Any]) -> None:
+    """Version 1's names of attack options whose meaning did not change, where the value means the same.
+
+    ``early_stop`` was ``tolerance`` (0 = never stop, the same run either way; a positive threshold is now checked
+    as iDLG's code checks it, so it is a different run). Inverting Gradients' ``decay`` was a boolean: ``true`` was
+    today's ``fractions`` schedule and ``false`` is ``none`` (single restart only: the winner of several restarts is
+    now picked by another score). Today's default ``decay: reference`` has no version-1 equivalent, so those trials
+    run again, as they must: their numbers changed.
+    """
+    if attack.get("early_stop") == 0:
+        attack["tolerance"] = attack.pop("early_stop")
+    if "decay" in attack and attack.get("restarts", 1) == 1 and attack["decay"] in ("fractions", "none"):
+        attack["decay"] = attack["decay"] == "fractions"
