@@ -56,21 +56,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode
 
     ``mode`` is ``"w"`` (text, newline left to the writer) or ``"wb"``.
     """
-    path = Path(path)
-    make_dirs(path.parent)
-    tmp = temporary_path(path)
-    try:
-        kwargs = {"newline": ""} if "b" not in mode else {}
+    kwargs = {"newline": ""} if "b" not in mode else {}
+
+    def save(tmp: Path) -> None:
         with open(tmp, mode, **kwargs) as handle:
             write(handle)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, exc) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return _replace(Path(path), temporary_path(Path(path)), save)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -81,8 +73,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_save(path: str | os.PathLike, save: Callable[[Path], None]) -> Path:
     """For writers that want a path (``torch.save``, ``savefig``): ``save(tmp)`` then rename to ``path``."""
     path = Path(path)
+    return _replace(path, path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}"), save)  # savefig reads it
+
+
+def _replace(path: Path, tmp: Path, save: Callable[[Path], None]) -> Path:
+    """``save(tmp)``, then rename ``tmp`` over ``path``; on any failure remove ``tmp`` (an ``OSError`` becomes an
+    ``OutputWriteError`` naming ``path``)."""
     make_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # keeps the extension savefig reads
     try:
         save(tmp)
         os.replace(tmp, path)
