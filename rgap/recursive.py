@@ -31,7 +31,7 @@ from rgap.heads import TopStart, last_layer_roots, read_head
 from rgap.inverters import LayerInverter, make_inverter
 from rgap.losses import get_loss, signed_labels
 from rgap.network import Stage, parse_stages
-from rgap.solvers import Solution, SolveOptions
+from rgap.solvers import SOLVERS, Solution, SolveOptions
 
 __all__ = ["RGAP", "Candidate", "last_layer_roots"]
 
@@ -64,18 +64,26 @@ class RGAP(Attack):
         labels: ``given`` (the attacker knows the labels, as in the paper) or ``infer`` (recover them from
             the gradient; ambiguity is reported).
         dense_limit, cg_tol, cg_maxiter: how each layer is solved (``rgap.solvers.SolveOptions``).
+        solver: ``structured`` (default: Conv2d layers by CG preconditioned with their channel and convolution
+            structure, ``rgap.structured``) or ``generic`` (dense solves up to ``dense_limit`` unknowns, plain
+            CG above).
     """
 
     name = "rgap"
 
     def __init__(self, weight_constraints: bool = True, balance: bool = True, labels: str = "given",
-                 dense_limit: int = 4096, cg_tol: float = 1e-12, cg_maxiter: int = 20000) -> None:
+                 dense_limit: int = 4096, cg_tol: float = 1e-12, cg_maxiter: int = 20000,
+                 solver: str = "structured") -> None:
         if labels not in LABEL_MODES:
             raise UserInputError(f"attack.labels={labels!r} is not valid; valid choices: {', '.join(LABEL_MODES)}.")
+        if not isinstance(solver, str) or solver not in SOLVERS:
+            raise UserInputError(f"attack.solver={solver!r} is not valid; valid choices: {', '.join(SOLVERS)} "
+                                 "(structured: preconditioned CG using each conv layer's structure; generic: dense "
+                                 "solves up to attack.dense_limit unknowns, plain CG above).")
         self.weight_constraints = weight_constraints
         self.balance = balance
         self.labels = labels
-        self.options = SolveOptions(dense_limit=dense_limit, cg_tol=cg_tol, cg_maxiter=cg_maxiter)
+        self.options = SolveOptions(dense_limit=dense_limit, cg_tol=cg_tol, cg_maxiter=cg_maxiter, solver=solver)
 
     def reconstruct(self, shared: SharedGradient, trace: TraceRecorder | None = None) -> AttackResult:
         if self.labels == "given" and shared.labels is None:
@@ -191,12 +199,15 @@ def _residual_target(start: TopStart, given: torch.Tensor | None, combined: bool
 
 
 def _describe(stage: Stage, solution: Solution, clipped: int = 0) -> str:
-    """``name:rank/n:method``, plus for CG the iterations, residual, condition estimate and convergence.
+    """``name:rank/n:method``, plus for CG the preconditioner (structured path), iterations, residual, condition
+    estimate and convergence.
 
     CG does not compute the rank: it is shown as ``?/n``.
     """
     rank = solution.rank if solution.rank_computed else "?"
     text = f"{stage.name}:{rank}/{solution.n}:{solution.method}"
+    if solution.preconditioner is not None:
+        text += f":pre={solution.preconditioner}"
     if solution.iterations is not None:
         text += f":it={solution.iterations}"
     if solution.residual is not None:

@@ -1,0 +1,329 @@
+"""Structured solves and numerical ranks of a Conv2d layer's R-GAP normal equations.
+
+With ``P = H W`` pixels per input channel, the (balanced) normal equations of a convolution with ``C`` input
+channels are ``G x = b``, ``G = wk I_C (x) B + wa A^T A``: ``B = K0^T K0`` (P x P) is the gradient-constraint
+block that every input channel shares (``K0``: one row per kernel weight of one channel, ``F kh kw`` rows) and
+``A`` the convolution. Neither part needs an N x N matrix (N = C P):
+
+* **Solve**: conjugate gradients (``rgap.matfree.conjugate_gradient``; products by ``normal_operator``, with
+  the gradient term as ``(I (x) B) v`` when that is cheaper) preconditioned by one of the preconditioners of
+  ``rgap.preconditioners``, chosen from the layer's sizes.
+* **Rank** (:meth:`ConvSystem.null_space`), with the cut-off of ``rgap.solvers`` (eigenvalues of ``G`` above
+  ``RCOND^2 lambda_max(G)``), from the same blocks: ``G >= wk I (x) B``, so a full-rank ``B`` settles it;
+  otherwise ``null(G) = null(I (x) B) cap null(A)`` is found in the ``C m0``-dimensional null space of
+  ``I (x) B`` (``m0 = P - rank B``) from the eigen-decomposition of the reduced matrix ``N^T G N``; when that
+  space is too large, ``G >= wa A^T A`` and a Cholesky certificate of ``A^T A - mu I`` (weights only,
+  computed once per weights and cached) settles a full rank.
+  A rank-deficient layer gets the minimum-norm solution: the CG solution minus its projection on ``null(G)``
+  (method ``pinv``, as the dense eigen-solve).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from rgap import preconditioners
+from rgap.matfree import NormalOperator, conjugate_gradient, lanczos_cond
+from rgap.preconditioners import Preconditioner
+from rgap.solvers import RCOND, Solution, SolveOptions
+
+if TYPE_CHECKING:
+    from rgap.inverters import Conv2dInverter
+
+#: Reduced rank problem ``N^T G N`` when null(I (x) B) has at most this many directions ...
+REDUCED_LIMIT = 2048
+#: ... and forming it costs at most this many multiply-adds, and B is at most this large (P x P eigen-solve).
+REDUCED_COST = 4e9
+REDUCED_PIXELS = 2048
+#: Eigenvalues of wk B within this factor above the rank cut-off are treated as candidates for the null space.
+GAP = 1e4
+#: Power iterations for lambda_max(A^T A), which enters the rank cut-off.
+POWER_ITERATIONS = 30
+#: Spectral bounds of A^T A per layer geometry and weights (see ``weight_bounds``).
+_WEIGHT_BOUNDS: OrderedDict[tuple, WeightBounds] = OrderedDict()
+_WEIGHT_BOUNDS_SIZE = 64
+
+
+@dataclass
+class NullSpace:
+    """Numerical null space of ``G``: ``rank`` and an orthonormal basis (N x (N - rank); None when full rank).
+
+    ``route`` says how it was found: ``gradient-block`` (B has full rank), ``reduced`` (eigen-decomposition of
+    ``N^T G N``) or ``weights`` (Cholesky certificate of ``A^T A``).
+    """
+
+    rank: int
+    basis: torch.Tensor | None
+    route: str
+
+
+class ConvSystem:
+    """The normal equations of one Conv2d layer at one ``(k, grad_w, z)``, in float64, with their structure."""
+
+    def __init__(self, inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor,
+                 balance: bool) -> None:
+        self.inverter = inverter
+        self.channels, height, width = inverter.input_shape
+        self.pixels = height * width
+        self.n = inverter.n
+        k = k.to(torch.float64)
+        self.k = k
+        self.op: NormalOperator = inverter.normal_operator(k, grad_w, z, balance)
+        self.wk, self.wa = self.op.weights
+        self.k0 = inverter.channel_matrix(k)  # [r, P]
+        n_out, taps = inverter.output_shape[0], inverter.kernel[0] * inverter.kernel[1]
+        outputs = inverter.output_shape[1] * inverter.output_shape[2]
+        if self.pixels <= 2 * taps * n_out * outputs / self.pixels:  # C P^2 <= 2 C taps F L
+            self.op.matvec.use_channel_block(self.wk * (self.k0.T @ self.k0))
+        self._lam_max: float | None = None
+        self._range: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._eig: tuple[torch.Tensor, torch.Tensor, bool] | None = None
+
+    # ------------------------------------------------------------------------------------------ spectra
+    def lam_max(self) -> float:
+        """An estimate of lambda_max(G) from above: ``wk lambda_max(B) + wa lambda_max(A^T A)`` (at most 2x high).
+
+        ``lambda_max(A^T A)`` depends on the weights only (cached, ``weight_bounds``).
+        """
+        if self._lam_max is None:
+            lam = self._spectrum()[0]
+            lam_b = float(lam.max()) if lam.numel() else 0.0
+            self._lam_max = self.wk * lam_b + self.wa * weight_bounds(self.inverter).lam_max
+        return self._lam_max
+
+    def cutoff(self) -> float:
+        """Eigenvalues of G at or below this count as zero (as ``rgap.solvers.pinv_solve``)."""
+        return RCOND**2 * self.lam_max()
+
+    def _spectrum(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Eigen-decomposition of the smaller of ``B = K0^T K0`` (``pixels=True``: vectors are B's) and
+        ``K0 K0^T`` (``pixels=False``: left singular vectors of K0); same nonzero eigenvalues."""
+        if self._eig is None:
+            if self.pixels <= self.k0.shape[0]:
+                lam, vecs = torch.linalg.eigh(self.k0.T @ self.k0)
+                self._eig = (lam, vecs, True)
+            else:
+                lam, vecs = torch.linalg.eigh(self.k0 @ self.k0.T)
+                self._eig = (lam, vecs, False)
+        return self._eig
+
+    def block_eigen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues (ascending) and orthonormal eigenvectors [P, P] of B (P x P eigen-decomposition)."""
+        lam, vecs, pixels = self._spectrum()
+        if pixels:
+            return lam, vecs
+        return torch.linalg.eigh(self.k0.T @ self.k0)
+
+    def block_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues ``lam`` of B with ``wk lam`` above the cut-off and an orthonormal basis [P, r0] of their
+        eigenvectors (B's numerical range)."""
+        if self._range is None:
+            lam, vecs, pixels = self._spectrum()
+            keep = self.wk * lam > self.cutoff()
+            lam, vecs = lam[keep], vecs[:, keep]
+            self._range = (lam, vecs if pixels else (self.k0.T @ vecs) / lam.sqrt())
+        return self._range
+
+    # ----------------------------------------------------------------------------------------- rank
+    def null_space(self, allow_weight_certificate: bool) -> NullSpace | None:
+        """The numerical null space of G from the structured blocks, or None when no cheap route decides it.
+
+        ``allow_weight_certificate``: the dense ``A^T A`` of this layer may be formed (once per weights) to
+        certify a full rank.
+        """
+        cut = self.cutoff()
+        lam, _ = self.block_range()
+        rank_b = int(lam.numel())
+        if rank_b == self.pixels:
+            return NullSpace(self.n, None, "gradient-block")
+        # Null-space candidates of B: eigenvalues of wk B up to GAP above the cut-off (numerically zero ones
+        # are ~1e-16 of the largest, well separated in practice).
+        m0 = self.pixels - int((self.wk * lam > GAP * cut).sum())
+        rows_a = self.inverter.output_shape[0] * self.inverter.output_shape[1] * self.inverter.output_shape[2]
+        reduced = self.channels * m0
+        if self.pixels <= REDUCED_PIXELS and reduced <= REDUCED_LIMIT and float(reduced) ** 2 * rows_a <= REDUCED_COST:
+            return self._reduced_null_space(cut)
+        if allow_weight_certificate:
+            bound = weight_bounds(self.inverter).certified_lam_min(self.inverter)
+            if self.wa * bound > cut:
+                return NullSpace(self.n, None, "weights")
+        return None
+
+    def _reduced_null_space(self, cut: float) -> NullSpace:
+        """null(G) inside null(I (x) B): eigen-decomposition of ``N^T G N`` with ``N = I (x) N0``."""
+        lam_all, vecs = self.block_eigen()
+        null = self.wk * lam_all <= GAP * cut
+        n0, lam0 = vecs[:, null], lam_all[null]  # [P, m0]
+        m0 = n0.shape[1]
+        channels, (height, width) = self.channels, self.inverter.input_shape[1:]
+        weight = self.inverter.weight(self.k)  # [F, C, kh, kw]
+        n_out = weight.shape[0]
+        images = n0.T.reshape(m0, 1, height, width)
+        kernels = weight.transpose(0, 1).reshape(channels * n_out, 1, *weight.shape[2:])
+        out = torch.nn.functional.conv2d(images, kernels, stride=self.inverter.stride, padding=self.inverter.padding)
+        columns = out.reshape(m0, channels, -1).transpose(0, 1).reshape(channels * m0, -1)  # rows (c, j)
+        reduced = self.wa * (columns @ columns.T)
+        reduced.diagonal().add_((self.wk * lam0.clamp(min=0.0)).repeat(channels))
+        mu, y = torch.linalg.eigh(reduced)
+        zero = mu <= cut
+        d = int(zero.sum())
+        if d == 0:
+            return NullSpace(self.n, None, "reduced")
+        y0 = y[:, zero].reshape(channels, m0, d)
+        basis = torch.einsum("pj,cjd->cpd", n0, y0).reshape(self.n, d)
+        return NullSpace(self.n - d, basis, "reduced")
+
+    # -------------------------------------------------------------------------------- preconditioners
+    def preconditioner(self) -> tuple[str, Preconditioner]:
+        """``(name, apply)``: the preconditioner of ``rgap.preconditioners`` chosen for this layer's sizes."""
+        rank_b = int(self.block_range()[0].numel())
+        outputs = int(torch.Size(self.inverter.output_shape).numel())
+        name = preconditioners.choose(self.channels, self.pixels, rank_b, outputs, rank_b < self.pixels)
+        return name, preconditioners.build(name, self)
+
+    def solve(self, options: SolveOptions, null: NullSpace | None) -> Solution:
+        """CG with the chosen preconditioner; projected on ``null``'s complement when it has a basis."""
+        name, apply = self.preconditioner()
+        result = conjugate_gradient(self.op.matvec, self.op.rhs, None, options.cg_tol, options.cg_maxiter,
+                                    precondition=apply)
+        x = result.x
+        if null is not None and null.basis is not None:
+            x = x - null.basis @ (null.basis.T @ x)
+        bnorm = float(torch.linalg.vector_norm(self.op.rhs))
+        residual = float(torch.linalg.vector_norm(self.op.rhs - self.op.matvec(x))) / bnorm if bnorm > 0 else 0.0
+        rank = null.rank if null is not None else self.n
+        method = "pinv" if rank < self.n else "cg"
+        return Solution(x, rank, self.n, method, rank_computed=null is not None, iterations=result.iterations,
+                        residual=residual, cond=lanczos_cond(result.alphas, result.betas),
+                        converged=result.converged, preconditioner=name)
+
+
+# ---------------------------------------------------------------------------------------- weight bounds
+@dataclass
+class WeightBounds:
+    """Spectral bounds of ``A^T A`` of one layer, which depend on its weights and geometry only.
+
+    ``lam_max``: lambda_max(A^T A) by power iteration (slightly low at worst; ``lam_max`` of ``ConvSystem``
+    adds the gradient block's, which more than covers it). ``lam_min``: a certified lower bound of
+    lambda_min(A^T A), computed on first use (``certified_lam_min``; 0 when none was found).
+    """
+
+    lam_max: float
+    lam_min: float | None = None
+
+    def certified_lam_min(self, inverter: Conv2dInverter) -> float:
+        """Form the dense A^T A once, estimate lambda_min by inverse iteration on its Cholesky factor and
+        certify half of it by a Cholesky factorisation of ``A^T A - mu I`` (which exists only if lambda_min > mu).
+        """
+        if self.lam_min is None:
+            gram = inverter.weight_gram(inverter.layer.weight.detach().to(torch.float64))
+            bound = 0.0
+            chol, info = torch.linalg.cholesky_ex(gram)
+            if int(info) == 0:
+                gen = torch.Generator().manual_seed(0)
+                v = torch.randn(gram.shape[0], 1, generator=gen, dtype=torch.float64).to(gram.device)
+                estimate = 0.0
+                for _ in range(8):
+                    v = torch.cholesky_solve(v, chol)
+                    v /= torch.linalg.vector_norm(v)
+                    estimate = float(v.T @ gram @ v)
+                for fraction in (0.5, 0.05):
+                    mu = fraction * estimate
+                    gram.diagonal().sub_(mu)
+                    _, info = torch.linalg.cholesky_ex(gram)
+                    gram.diagonal().add_(mu)
+                    if int(info) == 0 and mu > 0:
+                        bound = mu
+                        break
+            self.lam_min = bound
+        return self.lam_min
+
+
+def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
+    """The (cached) ``WeightBounds`` of ``inverter``'s layer, keyed by geometry and a digest of the weights."""
+    weight = inverter.layer.weight.detach()
+    digest = hashlib.blake2b(weight.to(torch.float64).cpu().contiguous().numpy().tobytes(), digest_size=16)
+    key = (inverter.input_shape, inverter.output_shape, inverter.stride, inverter.padding, tuple(weight.shape),
+           digest.hexdigest(), str(weight.device))
+    if key in _WEIGHT_BOUNDS:
+        _WEIGHT_BOUNDS.move_to_end(key)
+        return _WEIGHT_BOUNDS[key]
+    like = weight.to(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(inverter.input_shape, generator=gen, dtype=torch.float64).to(like.device)
+    v /= torch.linalg.vector_norm(v)
+    value = 0.0
+    for _ in range(POWER_ITERATIONS):
+        w = inverter.input_vjp(inverter.forward(v))
+        value = float((v * w).sum())
+        norm = torch.linalg.vector_norm(w)
+        if float(norm) == 0.0:
+            break
+        v = w / norm
+    bounds = WeightBounds(lam_max=value)
+    _WEIGHT_BOUNDS[key] = bounds
+    if len(_WEIGHT_BOUNDS) > _WEIGHT_BOUNDS_SIZE:
+        _WEIGHT_BOUNDS.popitem(last=False)
+    return bounds
+
+
+# ------------------------------------------------------------------------------------------- entry points
+def solve_conv(inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None,
+               balance: bool, options: SolveOptions) -> Solution | None:
+    """Structured solve of one Conv2d layer; None when its rank cannot be decided cheaply and the layer is
+    small enough for the dense path (the caller then solves densely)."""
+    if z is None:
+        return _gradient_only(inverter, k, grad_w)
+    system = ConvSystem(inverter, k, grad_w, z, balance)
+    small = inverter.n <= options.dense_limit
+    null = system.null_space(allow_weight_certificate=small)
+    if null is None and small:
+        return None
+    return system.solve(options, null)
+
+
+def conv_rank(inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None,
+              balance: bool = False, allow_weight_certificate: bool = True) -> NullSpace | None:
+    """Numerical rank (and null space) of the layer's unweighted (or balanced) normal equations, or None."""
+    if z is None:
+        system = _GradientOnly(inverter, k)
+        return NullSpace(system.rank, None, "gradient-block")
+    return ConvSystem(inverter, k, grad_w, z, balance).null_space(allow_weight_certificate)
+
+
+class _GradientOnly:
+    """``G = I (x) B`` (gradient constraints alone): minimum-norm solution channel by channel."""
+
+    def __init__(self, inverter: Conv2dInverter, k: torch.Tensor) -> None:
+        k = k.to(torch.float64)
+        k0 = inverter.channel_matrix(k)
+        channels = inverter.input_shape[0]
+        pixels = k0.shape[1]
+        if pixels <= k0.shape[0]:
+            lam, vecs = torch.linalg.eigh(k0.T @ k0)
+        else:
+            lam, u = torch.linalg.eigh(k0 @ k0.T)
+            safe = lam.clamp(min=1e-300)
+            vecs = (k0.T @ u) / safe.sqrt()
+        keep = lam > RCOND**2 * float(lam.max().clamp(min=0.0)) if lam.numel() else lam > 0
+        self.lam, self.vecs, self.k0 = lam[keep], vecs[:, keep], k0
+        self.rank = channels * int(keep.sum())
+        self.channels = channels
+
+
+def _gradient_only(inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tensor) -> Solution:
+    system = _GradientOnly(inverter, k)
+    channels = system.channels
+    gmat = grad_w.to(torch.float64).reshape(grad_w.shape[0], channels, -1).permute(1, 0, 2).reshape(channels, -1)
+    rhs = gmat @ system.k0  # [C, P]: K^T g per channel
+    x = ((rhs @ system.vecs) / system.lam) @ system.vecs.T
+    method = "direct" if system.rank == inverter.n else "pinv"
+    return Solution(x.reshape(-1).to(k.dtype), system.rank, inverter.n, method)
+
+
+__all__ = ["ConvSystem", "NullSpace", "WeightBounds", "conv_rank", "solve_conv", "weight_bounds"]
