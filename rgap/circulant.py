@@ -27,17 +27,21 @@ _CHUNK = 64
 class TorusGramInverse:
     """``v -> R (wa T + gamma I)^-1 R^T v`` for the periodic Gram ``T`` of one convolution geometry.
 
-    ``weight`` is the layer's [F, C, kh, kw] weight, ``input_shape`` its (C, H, W) input. ``channelwise``
-    keeps only the channel-diagonal blocks ``T_cc`` (each input channel on its own; blocks
-    ``s_h s_w x s_h s_w`` per frequency). Everything is float64/complex128 on the weight's device.
+    ``weight`` is the layer's [F, C, kh, kw] weight, ``input_shape`` its (C, H, W) input; ``relative``: ``gamma``
+    is relative to the mean eigenvalue of ``wa T``. With ``mix`` ([C]
+    coefficients) the operator acts on single-channel images (1, H, W) instead: ``T = sum_c mix[c] T_cc``, the
+    combination of the channel-diagonal blocks (``s_h s_w x s_h s_w`` per frequency). Everything is
+    float64/complex128 on the weight's device.
     """
 
     def __init__(self, weight: torch.Tensor, input_shape: tuple[int, int, int], stride: tuple[int, int],
-                 padding: tuple[int, int], wa: float, gamma: float, channelwise: bool = False) -> None:
+                 padding: tuple[int, int], wa: float, gamma: float, mix: torch.Tensor | None = None,
+                 relative: bool = False) -> None:
         channels, height, width = input_shape
         n_out, _, kh, kw = weight.shape
         (sh, sw), (ph, pw) = stride, padding
-        self.input_shape, self.stride, self.channelwise = (channels, height, width), (sh, sw), channelwise
+        self.stride = (sh, sw)
+        self.input_shape = (channels if mix is None else 1, height, width)
         self.mh, self.mw = math.ceil((height + kh) / sh), math.ceil((width + kw) / sw)
         self.nh, self.nw = sh * self.mh, sw * self.mw
         cplx = torch.complex128
@@ -54,13 +58,16 @@ class TorusGramInverse:
                 phase = torch.exp(2j * math.pi * (rows[:, None] * (qa / self.mh) + cols[None, :] * (qb / self.mw)))
                 what[:, :, :, :, pa, pb] += phase[:, :, None, None] * weight[:, :, a, b].to(cplx)
         phases = sh * sw
-        if channelwise:
+        if mix is not None:
             what = what.reshape(self.mh, self.mw // 2 + 1, n_out, channels, phases).permute(0, 1, 3, 2, 4)
-            blocks = wa * (what.mH @ what)  # [wh, ww, c, phases, phases]
+            coefficients = (wa * mix.to(torch.float64)).to(cplx).reshape(1, 1, channels, 1, 1)
+            blocks = ((what.mH @ what) * coefficients).sum(2)  # [wh, ww, phases, phases]
         else:
             what = what.reshape(self.mh, self.mw // 2 + 1, n_out, channels * phases)
             blocks = wa * (what.mH @ what)  # [wh, ww, C phases, C phases]
         size = blocks.shape[-1]
+        if relative:  # gamma relative to the mean eigenvalue of T
+            gamma = gamma * float(blocks.diagonal(dim1=-2, dim2=-1).real.mean())
         blocks.diagonal(dim1=-2, dim2=-1).add_(gamma)
         self.inverse = torch.linalg.inv(blocks)
         self.size = size
@@ -85,10 +92,7 @@ class TorusGramInverse:
         torus[:, :, :height, :width] = vectors.reshape(m, channels, height, width)
         poly = torus.reshape(m, channels, mh, sh, mw, sw).permute(0, 1, 3, 5, 2, 4)  # m C sh sw Mh Mw
         spectrum = torch.fft.rfft2(poly)  # m C sh sw Mh Mw2
-        if self.channelwise:
-            v = spectrum.permute(4, 5, 1, 2, 3, 0).reshape(mh, mw // 2 + 1, channels, sh * sw, m)
-        else:
-            v = spectrum.permute(4, 5, 1, 2, 3, 0).reshape(mh, mw // 2 + 1, channels * sh * sw, m)
+        v = spectrum.permute(4, 5, 1, 2, 3, 0).reshape(mh, mw // 2 + 1, channels * sh * sw, m)
         solved = (self.inverse @ v).reshape(mh, mw // 2 + 1, channels, sh, sw, m).permute(5, 2, 3, 4, 0, 1)
         poly = torch.fft.irfft2(solved, s=(mh, mw))  # m C sh sw Mh Mw
         torus = poly.permute(0, 1, 4, 2, 5, 3).reshape(m, channels, self.nh, self.nw)

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 
 from rgap.solvers import Solution, SolveOptions
 
 PRECONDITIONERS = ("jacobi", "none")
+#: ``PatchProduct`` uses ``F.unfold`` / ``F.fold`` for patch matrices of at most this many bytes.
+COMPACT_BYTES = 1 << 20
 
 
 @dataclass
@@ -66,8 +69,10 @@ class PatchProduct:
     [F, C*kh*kw] weight matrix (or None), scaled by ``weight_scale`` (``wa``), ``R`` an [F, L] matrix (or None)
     and ``Bc`` a [P, P] block applied to every input channel (or None, set by ``use_channel_block``); ``fold``
     is the adjoint of ``unfold`` restricted to the unpadded input. The weight term is one product by the
-    precomputed ``wa Wm^T Wm`` or two by ``Wm``, whichever is cheaper. im2col is a strided copy into a fixed
-    buffer and col2im one in-place strided add per kernel tap, so repeated products allocate nothing large.
+    precomputed ``wa Wm^T Wm`` or two by ``Wm``, whichever is cheaper. For large layers im2col is a strided
+    copy into a fixed buffer and col2im one in-place strided add per kernel tap, so repeated products allocate
+    nothing large; layers whose patch matrix is at most ``COMPACT_BYTES`` use ``F.unfold`` / ``F.fold``
+    (faster there, and their small temporaries do not fragment the heap).
     """
 
     def __init__(self, input_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
@@ -77,7 +82,7 @@ class PatchProduct:
         (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
         hp, wp = height + 2 * ph, width + 2 * pw
         self.ho, self.wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-        self.kernel, self.stride, self.input_shape = kernel, stride, (channels, height, width)
+        self.kernel, self.stride, self.padding, self.input_shape = kernel, stride, padding, (channels, height, width)
         like = right if right is not None else weight
         dtype, device = like.dtype, like.device
         cols = channels * kh * kw
@@ -109,25 +114,35 @@ class PatchProduct:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         channels, height, width = self.input_shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
-        self.interior.copy_(v.reshape(channels, height, width))
-        self.patches.view(channels, kh, kw, self.ho, self.wo).copy_(self.windows)
+        compact = self.patches.numel() * self.patches.element_size() <= COMPACT_BYTES
+        if compact:
+            patches = F.unfold(v.reshape(1, channels, height, width), self.kernel, padding=self.padding,
+                               stride=self.stride)[0]
+        else:
+            self.interior.copy_(v.reshape(channels, height, width))
+            patches = self.patches
+            patches.view(channels, kh, kw, self.ho, self.wo).copy_(self.windows)
         started = False
         if self.patch_matrix is not None:
-            torch.mm(self.patch_matrix, self.patches, out=self.cols)
+            torch.mm(self.patch_matrix, patches, out=self.cols)
             started = True
         elif self.weight is not None:
-            torch.mm(self.weight, self.patches, out=self.outputs)
+            torch.mm(self.weight, patches, out=self.outputs)
             torch.mm(self.scaled_weight_t, self.outputs, out=self.cols)
             started = True
         if self.right is not None:
-            torch.mm(self.patches, self.right.T, out=self.small)
+            torch.mm(patches, self.right.T, out=self.small)
             if started:
                 self.cols.addmm_(self.small, self.right)
             else:
                 torch.mm(self.small, self.right, out=self.cols)
                 started = True
         out = self.out.view(channels, height * width)
-        if started:
+        if started and compact:
+            folded = F.fold(self.cols.unsqueeze(0), (height, width), self.kernel, padding=self.padding,
+                            stride=self.stride)
+            out.copy_(folded.reshape(channels, height * width))
+        elif started:
             cols = self.cols.view(channels, kh, kw, self.ho, self.wo)
             self.out_padded.zero_()
             for i in range(kh):
@@ -135,9 +150,9 @@ class PatchProduct:
                     rows = slice(i, i + sh * (self.ho - 1) + 1, sh)
                     self.out_padded[:, rows, j : j + sw * (self.wo - 1) + 1 : sw].add_(cols[:, i, j])
             self.out.view(channels, height, width).copy_(self.out_interior)
-            if self.channel_block is not None:
-                out.addmm_(v.reshape(channels, height * width), self.channel_block)
-        else:
+        if started and self.channel_block is not None:
+            out.addmm_(v.reshape(channels, height * width), self.channel_block)
+        elif not started:
             torch.mm(v.reshape(channels, height * width), self.channel_block, out=out)
         return self.out
 

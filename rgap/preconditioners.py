@@ -13,8 +13,8 @@ Each builder takes a :class:`rgap.structured.ConvSystem` and returns ``r -> M^-1
   channel-diagonal blocks of ``A^T A``, each normalised to unit mean eigenvalue) and ``a_c`` the mean
   eigenvalue of channel c's block: one generalised eigen-decomposition ``(B, Abar)`` diagonalises every block,
   so applying it is two products with a shared ``P x P`` matrix. Nearly as good as the exact channel blocks.
-* ``torus``: the periodic Gram inverse of ``wa A^T A + g I``, ``g`` the mean eigenvalue of ``wk I (x) B``.
-  For large images.
+* ``shared_torus``: ``shared`` with ``Abar`` replaced by its periodic model (``rgap.circulant``) and ``B`` by
+  the Woodbury identity over its ``F kh kw`` rows, so that nothing P x P is formed. For large images.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ Preconditioner = Callable[[torch.Tensor], torch.Tensor]
 
 #: ``lowrank`` when B's range over all channels has at most this many directions (C r0).
 LOWRANK_LIMIT = 1024
-#: ``shared`` / ``capacitance`` need P x P eigen-decompositions: at most this many pixels per channel.
-SHARED_PIXELS = 2048
-#: ``capacitance`` when forming its matrix costs at most this many multiply-adds (|z|^2 N).
-CAPACITANCE_COST = 1.2e10
+#: ``shared`` / ``capacitance`` (P x P eigen-decompositions and products) up to this many pixels per channel.
+SHARED_PIXELS = 576
+#: ``capacitance`` when forming and factorising its |z| x |z| matrix costs at most this many multiply-adds
+#: (``|z|^3 / 3 + |z|^2 C kh kw``).
+CAPACITANCE_COST = 3e9
 #: Shift of the gradient block in ``capacitance``, relative to its largest eigenvalue.
 CAPACITANCE_SHIFT = 1e-8
 #: Shift of the periodic Gram in ``lowrank``, relative to the mean eigenvalue of ``wa A^T A``.
@@ -47,19 +48,22 @@ SHARED_SHIFT = 1e-10
 _CHUNK = 64
 
 
-def choose(channels: int, pixels: int, rank_b: int, outputs: int, block_singular: bool) -> str:
-    """The preconditioner for a layer with ``C`` input channels of ``P`` pixels, ``rank B = r0`` and ``|z|`` outputs.
+def choose(channels: int, pixels: int, rank_b: int, outputs: int, taps: int, block_singular: bool) -> str:
+    """The preconditioner for a layer with ``C`` input channels of ``P`` pixels, ``rank B = r0``, ``|z|`` outputs
+    and ``kh kw = taps``.
 
-    ``lowrank`` if ``C r0 <= LOWRANK_LIMIT``; else, if ``P <= SHARED_PIXELS``, ``capacitance`` when B is
-    singular and ``|z|^2 N <= CAPACITANCE_COST``, otherwise ``shared``; else ``torus``.
+    ``lowrank`` if ``C r0 <= LOWRANK_LIMIT``; else, with at most ``SHARED_PIXELS`` pixels, ``capacitance`` when
+    B is singular and its matrix costs at most ``CAPACITANCE_COST``, else ``shared``; else ``shared_torus``
+    (same iterations as ``shared``, but products cheaper than its dense P x P ones on large images).
     """
     if channels * rank_b <= LOWRANK_LIMIT:
         return "lowrank"
     if pixels <= SHARED_PIXELS:
-        if block_singular and float(outputs) ** 2 * channels * pixels <= CAPACITANCE_COST:
+        cost = float(outputs) ** 3 / 3 + float(outputs) ** 2 * channels * taps
+        if block_singular and cost <= CAPACITANCE_COST:
             return "capacitance"
         return "shared"
-    return "torus"
+    return "shared_torus"
 
 
 def build(name: str, system: ConvSystem) -> Preconditioner:
@@ -78,40 +82,38 @@ def _torus(system: ConvSystem, gamma: float) -> TorusGramInverse:
     return TorusGramInverse(inv.weight(system.k), inv.input_shape, inv.stride, inv.padding, system.wa, gamma)
 
 
-def torus(system: ConvSystem) -> Preconditioner:
-    """Periodic Gram inverse of ``wa A^T A + g I``, ``g`` the mean eigenvalue of ``wk I (x) B``."""
-    gamma = system.wk * float((system.k0 * system.k0).sum()) / system.pixels
-    if gamma <= 0.0:
-        gamma = TORUS_SHIFT * _mean_weight_eigenvalue(system)
-    return _torus(system, gamma)
-
-
 def lowrank(system: ConvSystem) -> Preconditioner:
-    """``M^-1 r = S (r - U Cap^-1 U^T S r)`` with ``Cap = (wk Lam)^-1 + U^T S U`` (C r0 x C r0)."""
+    """``M^-1 r = S (r - U Cap^-1 U^T S r)`` with ``Cap = (wk Lam)^-1 + U^T S U`` (C r0 x C r0).
+
+    ``U^T`` and ``U`` go through the sparse ``K0`` (``ConvSystem.to_range`` / ``from_range``), never a dense
+    P x r0 basis on large images.
+    """
     channels, pixels = system.channels, system.pixels
-    lam, basis = system.block_range()  # [r0], [P, r0]
+    lam, _ = system.range_factors()
     rank_b = int(lam.numel())
     periodic = _torus(system, TORUS_SHIFT * _mean_weight_eigenvalue(system))
     if rank_b == 0:
         return periodic
     # U^T S U, one input channel at a time: columns V1[:, j] placed in channel c.
-    cap = torch.empty(channels * rank_b, channels * rank_b, dtype=torch.float64, device=basis.device)
-    for c in range(channels):
-        for start in range(0, rank_b, _CHUNK):
-            stop = min(start + _CHUNK, rank_b)
-            cols = basis.new_zeros(stop - start, channels, pixels)
-            cols[:, c, :] = basis[:, start:stop].T
-            image = periodic(cols.reshape(stop - start, -1)).reshape(stop - start, channels, pixels)
-            cap[c * rank_b + start : c * rank_b + stop] = (image @ basis).reshape(stop - start, -1)
+    eye = torch.eye(rank_b, dtype=torch.float64, device=lam.device)
+    cap = torch.empty(channels * rank_b, channels * rank_b, dtype=torch.float64, device=lam.device)
+    for start in range(0, rank_b, _CHUNK):
+        stop = min(start + _CHUNK, rank_b)
+        images = system.from_range(eye[start:stop])  # [m, P]: V1 columns
+        for c in range(channels):
+            cols = images.new_zeros(stop - start, channels, pixels)
+            cols[:, c, :] = images
+            applied = periodic(cols.reshape(stop - start, -1)).reshape(stop - start, channels, pixels)
+            cap[c * rank_b + start : c * rank_b + stop] = system.to_range(applied).reshape(stop - start, -1)
     cap = 0.5 * (cap + cap.T)
     cap.diagonal().add_((1.0 / (system.wk * lam)).repeat(channels))
     chol = torch.linalg.cholesky(cap)
 
     def apply(r: torch.Tensor) -> torch.Tensor:
         s = periodic(r)
-        u = (s.reshape(channels, pixels) @ basis).reshape(-1, 1)
+        u = system.to_range(s.reshape(channels, pixels)).reshape(-1, 1)
         w = torch.cholesky_solve(u, chol).reshape(channels, rank_b)
-        return periodic(r - (w @ basis.T).reshape(-1))
+        return periodic(r - system.from_range(w).reshape(-1))
 
     return apply
 
@@ -141,41 +143,81 @@ def shared(system: ConvSystem) -> Preconditioner:
     return apply
 
 
+def shared_torus(system: ConvSystem) -> Preconditioner:
+    """``shared`` for large images: ``M_c = wk B + a_c Abar`` with ``Abar`` the periodic model of the mean
+    channel block (``rgap.circulant``, ``mix``) and ``B = K0^T K0`` of rank at most ``r = F kh kw < P``, inverted by
+    Woodbury: with ``S = Abar^-1`` and ``K0 S K0^T = E Sig E^T`` (r x r, shared by all channels),
+    ``M_c^-1 = (S - S K0^T E diag(1 / (a_c / wk + sig)) E^T K0 S) / a_c``.
+    """
+    inv, channels, pixels = system.inverter, system.channels, system.pixels
+    traces = inv.channel_weight_traces(system.k)
+    safe = torch.where(traces > 0, traces, torch.ones_like(traces))
+    scale = system.wa * traces / pixels  # a_c
+    mix = (pixels / channels) / safe
+    periodic = TorusGramInverse(inv.weight(system.k), inv.input_shape, inv.stride, inv.padding, 1.0, SHARED_SHIFT,
+                                mix=mix, relative=True)
+    k0 = system.k0  # [r, P]
+    applied = periodic(k0)  # S K0^T, one column per row of K0: [r, P]
+    small = applied @ k0.T  # K0 S K0^T
+    sig, e = torch.linalg.eigh(0.5 * (small + small.T))
+    weights = 1.0 / (scale.unsqueeze(1) / system.wk + sig.clamp(min=0.0).unsqueeze(0))  # [C, r]
+    inverse_scale = (1.0 / scale).unsqueeze(1)
+
+    def apply(r: torch.Tensor) -> torch.Tensor:
+        y = periodic(r.reshape(channels, pixels))  # S r_c
+        t = (system.gradient_rows(y) @ e).mul_(weights)  # diag(...) E^T K0 S r_c
+        return ((y - periodic(system.gradient_cols(t @ e.T))) * inverse_scale).reshape(-1)
+
+    return apply
+
+
 def capacitance(system: ConvSystem) -> Preconditioner:
     """``M = wk I (x) (B + delta I) + wa A^T A``, inverted by Woodbury over the |z| weight constraints:
-    ``M^-1 = D^-1 - D^-1 A^T Cap^-1 A D^-1``, ``D = wk I (x) (B + delta I)``, ``Cap = I / wa + A D^-1 A^T``."""
+    ``M^-1 = D^-1 - D^-1 A^T Cap^-1 A D^-1``, ``D = wk I (x) (B + delta I)``, ``Cap = I / wa + A D^-1 A^T``.
+
+    ``Cap`` is formed without N x N work: ``D^-1 A^T e_(f, o)`` only gathers the columns of the P x P block
+    ``(wk (B + delta I))^-1`` at the kernel window of output ``o`` (weighted by ``W[f, c]``), and one batched
+    convolution applies ``A`` to all of them.
+    """
     inv, channels, pixels = system.inverter, system.channels, system.pixels
     height, width = inv.input_shape[1:]
     lam, q = system.block_eigen()  # B = Q Lam Q^T
-    d = system.wk * (lam.clamp(min=0.0) + CAPACITANCE_SHIFT * float(lam.max().clamp(min=0.0)))
-    if float(d.min()) <= 0.0:
-        d = d + float(d.max()) * CAPACITANCE_SHIFT + 1e-300
+    lam = lam.clamp(min=0.0)
+    d = system.wk * (lam + CAPACITANCE_SHIFT * float(lam.max()) + 1e-300)
+    block_inverse = (q / d) @ q.T  # (wk (B + delta I))^-1, [P, P]
     weight = inv.weight(system.k)  # [F, C, kh, kw]
     n_out = weight.shape[0]
-    kernels = weight.transpose(0, 1).reshape(channels * n_out, 1, *weight.shape[2:])
-    images = q.T.reshape(pixels, 1, height, width)
-    aq = torch.nn.functional.conv2d(images, kernels, stride=inv.stride, padding=inv.padding)  # [P, C F, Ho, Wo]
-    aq = aq.reshape(pixels, channels, n_out, -1)  # A (Q e_j in channel c) = aq[j, c]
-    x = (aq / d.sqrt().reshape(pixels, 1, 1, 1)).permute(2, 3, 1, 0).reshape(-1, channels * pixels)  # |z| x N
-    cap = x @ x.T
+    taps = weight.shape[2] * weight.shape[3]
+    tap_pixels = inv._tap_pixels(block_inverse.device)  # [taps, L], P on the padding
+    padded = torch.cat([block_inverse, block_inverse.new_zeros(pixels, 1)], dim=1)  # column P: zero padding
+    gathered = padded[:, tap_pixels].permute(1, 2, 0)  # [taps, L, P]: D^-1 column at each window pixel
+    outputs = tap_pixels.shape[1]
+    cap = torch.empty(n_out * outputs, n_out * outputs, dtype=torch.float64, device=q.device)
+    rows = max(1, int(2**24 // max(1, outputs * channels * pixels)))  # filters per batch (~128 MB)
+    w = weight.reshape(n_out, channels, taps)
+    for start in range(0, n_out, rows):
+        stop = min(start + rows, n_out)
+        columns = torch.einsum("fct,tlp->flcp", w[start:stop], gathered)  # D^-1 A^T e_(f, o)
+        images = columns.reshape(-1, channels, height, width)
+        applied = torch.nn.functional.conv2d(images, weight, stride=inv.stride, padding=inv.padding)
+        cap[start * outputs : stop * outputs] = applied.reshape(images.shape[0], -1)
+    cap = 0.5 * (cap + cap.T)
     cap.diagonal().add_(1.0 / system.wa)
     chol = torch.linalg.cholesky(cap)
-    inverse_d = (1.0 / d).unsqueeze(0)
-    qt = q.T.contiguous()
     out_shape = inv.output_shape
 
     def d_inverse(v: torch.Tensor) -> torch.Tensor:
-        return ((v.reshape(channels, pixels) @ q).mul_(inverse_d) @ qt).reshape(-1)
+        return (v.reshape(channels, pixels) @ block_inverse).reshape(-1)
 
     def apply(r: torch.Tensor) -> torch.Tensor:
         y = d_inverse(r)
         u = inv.forward(y.reshape(inv.input_shape)).reshape(-1, 1)
-        w = torch.cholesky_solve(u, chol).reshape(out_shape)
-        return y - d_inverse(inv.input_vjp(w).reshape(-1))
+        w_out = torch.cholesky_solve(u, chol).reshape(out_shape)
+        return y - d_inverse(inv.input_vjp(w_out).reshape(-1))
 
     return apply
 
 
 BUILDERS: dict[str, Callable[[ConvSystem], Preconditioner]] = {
-    "lowrank": lowrank, "capacitance": capacitance, "shared": shared, "torus": torus,
+    "lowrank": lowrank, "capacitance": capacitance, "shared": shared, "shared_torus": shared_torus,
 }

@@ -76,6 +76,7 @@ class ConvSystem:
         self.op: NormalOperator = inverter.normal_operator(k, grad_w, z, balance)
         self.wk, self.wa = self.op.weights
         self.k0 = inverter.channel_matrix(k)  # [r, P]
+        self.kmat = k.reshape(inverter.output_shape[0], -1)  # [F, L]
         n_out, taps = inverter.output_shape[0], inverter.kernel[0] * inverter.kernel[1]
         outputs = inverter.output_shape[1] * inverter.output_shape[2]
         if self.pixels <= 2 * taps * n_out * outputs / self.pixels:  # C P^2 <= 2 C taps F L
@@ -83,6 +84,7 @@ class ConvSystem:
         self._lam_max: float | None = None
         self._range: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eig: tuple[torch.Tensor, torch.Tensor, bool] | None = None
+        self._range_factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ spectra
     def lam_max(self) -> float:
@@ -123,11 +125,58 @@ class ConvSystem:
         """Eigenvalues ``lam`` of B with ``wk lam`` above the cut-off and an orthonormal basis [P, r0] of their
         eigenvectors (B's numerical range)."""
         if self._range is None:
-            lam, vecs, pixels = self._spectrum()
+            lam, vecs = self.range_factors()
+            self._range = (lam, vecs if self._spectrum()[2] else (self.k0.T @ vecs) / lam.sqrt())
+        return self._range
+
+    def range_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lam, vecs)`` of B's numerical range as the spectrum gives them: eigenvectors of B ([P, r0]) or of
+        ``K0 K0^T`` ([r, r0], then B's are ``K0^T vecs / sqrt(lam)``)."""
+        if self._range_factors is None:
+            lam, vecs, _ = self._spectrum()
             keep = self.wk * lam > self.cutoff()
             lam, vecs = lam[keep], vecs[:, keep]
-            self._range = (lam, vecs if pixels else (self.k0.T @ vecs) / lam.sqrt())
-        return self._range
+            pixels = self._spectrum()[2]
+            self._range_factors = (lam, vecs, vecs if pixels else (vecs / lam.sqrt()).contiguous())
+        return self._range_factors[:2]
+
+    def to_range(self, v: torch.Tensor) -> torch.Tensor:
+        """Coordinates in B's range basis, channel by channel: [..., C, P] -> [..., C, r0] (``V1^T v_c``).
+
+        Through the sparse ``K0`` (``gradient_rows``) when B's eigenvectors are not formed (``P > r``)."""
+        self.range_factors()
+        scaled = self._range_factors[2]
+        if self._eig[2]:
+            return v @ scaled
+        return self.gradient_rows(v) @ scaled
+
+    def from_range(self, w: torch.Tensor) -> torch.Tensor:
+        """The adjoint of ``to_range``: [..., C, r0] -> [..., C, P] (``V1 w_c``)."""
+        self.range_factors()
+        scaled = self._range_factors[2]
+        if self._eig[2]:
+            return w @ scaled.T
+        return self.gradient_cols(w @ scaled.T)
+
+    def gradient_rows(self, v: torch.Tensor) -> torch.Tensor:
+        """``K0 v_c`` for every channel image: [..., P] -> [..., r] (one correlation with ``k``, as dl/dW)."""
+        inv = self.inverter
+        height, width = inv.input_shape[1:]
+        lead = v.shape[:-1]
+        patches = torch.nn.functional.unfold(v.reshape(-1, 1, height, width), inv.kernel, padding=inv.padding,
+                                             stride=inv.stride)  # [m, taps, L]
+        rows = patches @ self.kmat.T  # [m, taps, F]
+        return rows.transpose(1, 2).reshape(*lead, -1)
+
+    def gradient_cols(self, y: torch.Tensor) -> torch.Tensor:
+        """``K0^T y_c``: [..., r] -> [..., P] (the adjoint of ``gradient_rows``)."""
+        inv = self.inverter
+        height, width = inv.input_shape[1:]
+        lead = y.shape[:-1]
+        n_out = self.kmat.shape[0]
+        cols = y.reshape(-1, n_out, y.shape[-1] // n_out).transpose(1, 2) @ self.kmat  # [m, taps, L]
+        images = torch.nn.functional.fold(cols, (height, width), inv.kernel, padding=inv.padding, stride=inv.stride)
+        return images.reshape(*lead, -1)
 
     # ----------------------------------------------------------------------------------------- rank
     def null_space(self, allow_weight_certificate: bool) -> NullSpace | None:
@@ -144,9 +193,8 @@ class ConvSystem:
         # Null-space candidates of B: eigenvalues of wk B up to GAP above the cut-off (numerically zero ones
         # are ~1e-16 of the largest, well separated in practice).
         m0 = self.pixels - int((self.wk * lam > GAP * cut).sum())
-        rows_a = self.inverter.output_shape[0] * self.inverter.output_shape[1] * self.inverter.output_shape[2]
         reduced = self.channels * m0
-        if self.pixels <= REDUCED_PIXELS and reduced <= REDUCED_LIMIT and float(reduced) ** 2 * rows_a <= REDUCED_COST:
+        if self.pixels <= REDUCED_PIXELS and reduced <= REDUCED_LIMIT and float(reduced) * self.n * m0 <= REDUCED_COST:
             return self._reduced_null_space(cut)
         if allow_weight_certificate:
             bound = weight_bounds(self.inverter).certified_lam_min(self.inverter)
@@ -165,16 +213,26 @@ class ConvSystem:
         n_out = weight.shape[0]
         images = n0.T.reshape(m0, 1, height, width)
         kernels = weight.transpose(0, 1).reshape(channels * n_out, 1, *weight.shape[2:])
-        out = torch.nn.functional.conv2d(images, kernels, stride=self.inverter.stride, padding=self.inverter.padding)
-        columns = out.reshape(m0, channels, -1).transpose(0, 1).reshape(channels * m0, -1)  # rows (c, j)
-        reduced = self.wa * (columns @ columns.T)
+        stride, padding = self.inverter.stride, self.inverter.padding
+        out = torch.nn.functional.conv2d(images, kernels, stride=stride, padding=padding)  # A (N0_j in channel c)
+        out = out.reshape(m0, channels, n_out, *out.shape[2:]).transpose(0, 1).reshape(channels * m0, n_out,
+                                                                                         *out.shape[2:])
+        gram_columns = torch.nn.grad.conv2d_input((channels * m0, channels, height, width), weight, out, stride,
+                                                  padding)  # A^T A N, one column (c, j) per batch entry
+        reduced = self.wa * (gram_columns.reshape(channels * m0, channels, -1) @ n0).reshape(channels * m0, -1)
+        reduced = 0.5 * (reduced + reduced.T)
         reduced.diagonal().add_((self.wk * lam0.clamp(min=0.0)).repeat(channels))
-        mu, y = torch.linalg.eigh(reduced)
-        zero = mu <= cut
-        d = int(zero.sum())
+        # A Cholesky factorisation of N^T G N - cut I exists iff every eigenvalue is above the cut: full rank.
+        reduced.diagonal().sub_(cut)
+        _, info = torch.linalg.cholesky_ex(reduced)
+        if int(info) == 0:
+            return NullSpace(self.n, None, "reduced")
+        reduced.diagonal().add_(cut)
+        mu = torch.linalg.eigvalsh(reduced)
+        d = int((mu <= cut).sum())
         if d == 0:
             return NullSpace(self.n, None, "reduced")
-        y0 = y[:, zero].reshape(channels, m0, d)
+        y0 = _null_vectors(reduced, mu, d).reshape(channels, m0, d)
         basis = torch.einsum("pj,cjd->cpd", n0, y0).reshape(self.n, d)
         return NullSpace(self.n - d, basis, "reduced")
 
@@ -183,7 +241,8 @@ class ConvSystem:
         """``(name, apply)``: the preconditioner of ``rgap.preconditioners`` chosen for this layer's sizes."""
         rank_b = int(self.block_range()[0].numel())
         outputs = int(torch.Size(self.inverter.output_shape).numel())
-        name = preconditioners.choose(self.channels, self.pixels, rank_b, outputs, rank_b < self.pixels)
+        taps = self.inverter.kernel[0] * self.inverter.kernel[1]
+        name = preconditioners.choose(self.channels, self.pixels, rank_b, outputs, taps, rank_b < self.pixels)
         return name, preconditioners.build(name, self)
 
     def solve(self, options: SolveOptions, null: NullSpace | None) -> Solution:
@@ -201,6 +260,27 @@ class ConvSystem:
         return Solution(x, rank, self.n, method, rank_computed=null is not None, iterations=result.iterations,
                         residual=residual, cond=lanczos_cond(result.alphas, result.betas),
                         converged=result.converged, preconditioner=name)
+
+
+def _null_vectors(matrix: torch.Tensor, eigenvalues: torch.Tensor, count: int) -> torch.Tensor:
+    """Orthonormal basis of the eigenspace of the ``count`` smallest eigenvalues of a PSD ``matrix``.
+
+    Shifted inverse subspace iteration: ``(matrix + sigma I)^-1`` damps the other eigenvectors by
+    ``sigma / (eigenvalues[count] + sigma)`` per step (the rank cut-off leaves a wide gap); falls back to a full
+    eigen-decomposition when the shifted matrix cannot be factorised or the gap is too narrow.
+    """
+    top, gap = float(eigenvalues[-1]), float(eigenvalues[count])
+    sigma = max(float(eigenvalues[count - 1]), 0.0) + 1e-10 * top
+    shifted = matrix.clone()
+    shifted.diagonal().add_(sigma)
+    chol, info = torch.linalg.cholesky_ex(shifted)
+    if int(info) != 0 or sigma > 1e-4 * gap:
+        return torch.linalg.eigh(matrix)[1][:, :count]
+    gen = torch.Generator().manual_seed(0)
+    block = torch.randn(matrix.shape[0], count, generator=gen, dtype=matrix.dtype).to(matrix.device)
+    for _ in range(3):
+        block = torch.linalg.qr(torch.cholesky_solve(block, chol))[0]
+    return block
 
 
 # ---------------------------------------------------------------------------------------- weight bounds
