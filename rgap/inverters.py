@@ -30,7 +30,7 @@ from torch import nn
 
 from rgap.errors import UnsupportedLayerError
 from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
-from rgap.solvers import STRUCTURED_MIN, Solution, SolveOptions, solve_gram
+from rgap.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gram
 from rgap.structured import solve_conv
 
 
@@ -236,6 +236,9 @@ class LinearInverter(LayerInverter):
             x = grad_w.reshape(k.numel(), self.n).T @ k / alpha
             return Solution(x, self.n, self.n, "direct")
         too_big = options is not None and self.n > options.dense_limit and w.shape[0] > options.dense_limit
+        structured = options is not None and options.solver == "structured"
+        if structured and z is not None and float(alpha) == 0.0 and w.shape[0] < self.n and not too_big:
+            return self._weight_constraints_min_norm(w, z)
         if z is None or float(alpha) == 0.0 or w.shape[0] >= self.n or too_big:
             return super().solve(k, grad_w, z, balance, options)
         # Blocks weighted as in ``block_weight``: trace(K^T K) = n |k|^2 and trace(A^T A) = |W|_F^2.
@@ -245,6 +248,15 @@ class LinearInverter(LayerInverter):
         small = w @ w.T + a * torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         correction = w.T @ torch.linalg.solve(small, w @ rhs)
         return Solution((rhs - correction) / a, self.n, self.n, "woodbury")
+
+    def _weight_constraints_min_norm(self, w: torch.Tensor, z: torch.Tensor) -> Solution:
+        """``k = 0`` on a wide layer: ``G = wa W^T W`` has rank at most n_out < n. Its minimum-norm solution
+        ``W^+ z`` and numerical rank (cut-off as ``pinv_solve``) from the n_out x n_out ``W W^T``."""
+        lam, vecs = torch.linalg.eigh(w @ w.T)
+        keep = lam > RCOND**2 * float(lam.max().clamp(min=0.0)) if lam.numel() else lam > 0
+        lam, vecs = lam[keep], vecs[:, keep]
+        x = w.T @ (vecs @ ((vecs.T @ z.reshape(-1)) / lam))
+        return Solution(x, int(keep.sum()), self.n, "pinv")
 
 
 @register_inverter(nn.Conv2d)

@@ -248,11 +248,19 @@ class ConvSystem:
     def solve(self, options: SolveOptions, null: NullSpace | None) -> Solution:
         """CG with the chosen preconditioner; projected on ``null``'s complement when it has a basis."""
         name, apply = self.preconditioner()
+        basis = null.basis if null is not None else None
+        if basis is not None:  # keep CG in range(G): the preconditioner projected on null(G)'s complement
+            plain = apply
+
+            def apply(r: torch.Tensor) -> torch.Tensor:
+                y = plain(r - basis @ (basis.T @ r))
+                return y - basis @ (basis.T @ y)
+
         result = conjugate_gradient(self.op.matvec, self.op.rhs, None, options.cg_tol, options.cg_maxiter,
                                     precondition=apply)
         x = result.x
-        if null is not None and null.basis is not None:
-            x = x - null.basis @ (null.basis.T @ x)
+        if basis is not None:
+            x = x - basis @ (basis.T @ x)
         bnorm = float(torch.linalg.vector_norm(self.op.rhs))
         residual = float(torch.linalg.vector_norm(self.op.rhs - self.op.matvec(x))) / bnorm if bnorm > 0 else 0.0
         rank = null.rank if null is not None else self.n
