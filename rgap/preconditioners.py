@@ -175,12 +175,12 @@ def capacitance(system: ConvSystem) -> Preconditioner:
     """``M = wk I (x) (B + delta I) + wa A^T A``, inverted by Woodbury over the |z| weight constraints:
     ``M^-1 = D^-1 - D^-1 A^T Cap^-1 A D^-1``, ``D = wk I (x) (B + delta I)``, ``Cap = I / wa + A D^-1 A^T``.
 
-    ``Cap`` is formed without N x N work: ``D^-1 A^T e_(f, o)`` only gathers the columns of the P x P block
-    ``(wk (B + delta I))^-1`` at the kernel window of output ``o`` (weighted by ``W[f, c]``), and one batched
-    convolution applies ``A`` to all of them.
+    ``Cap`` is formed without N x N work: ``Cap[(f, o), (g, q)] = sum_{t, u} Binv[p(o, t), p(q, u)] Mw[t, u][f, g]``
+    with ``Binv = (wk (B + delta I))^-1`` (P x P, shared by all channels), ``p(o, t)`` the pixel that tap ``t`` of
+    output ``o`` reads and ``Mw[t, u] = sum_c W[:, c, t] W[:, c, u]^T``: one product of an ``(L^2, taps^2)``
+    gather of ``Binv`` with the ``(taps^2, F^2)`` matrix ``Mw``.
     """
     inv, channels, pixels = system.inverter, system.channels, system.pixels
-    height, width = inv.input_shape[1:]
     lam, q = system.block_eigen()  # B = Q Lam Q^T
     lam = lam.clamp(min=0.0)
     d = system.wk * (lam + CAPACITANCE_SHIFT * float(lam.max()) + 1e-300)
@@ -188,19 +188,16 @@ def capacitance(system: ConvSystem) -> Preconditioner:
     weight = inv.weight(system.k)  # [F, C, kh, kw]
     n_out = weight.shape[0]
     taps = weight.shape[2] * weight.shape[3]
-    tap_pixels = inv._tap_pixels(block_inverse.device)  # [taps, L], P on the padding
-    padded = torch.cat([block_inverse, block_inverse.new_zeros(pixels, 1)], dim=1)  # column P: zero padding
-    gathered = padded[:, tap_pixels].permute(1, 2, 0)  # [taps, L, P]: D^-1 column at each window pixel
-    outputs = tap_pixels.shape[1]
-    cap = torch.empty(n_out * outputs, n_out * outputs, dtype=torch.float64, device=q.device)
-    rows = max(1, int(2**24 // max(1, outputs * channels * pixels)))  # filters per batch (~128 MB)
+    tap_pixels = inv._tap_pixels(block_inverse.device).T.reshape(-1)  # (o, t) -> pixel, P on the padding
+    outputs = tap_pixels.numel() // taps
+    padded = torch.zeros(pixels + 1, pixels + 1, dtype=block_inverse.dtype, device=block_inverse.device)
+    padded[:pixels, :pixels] = block_inverse
+    gathered = padded[tap_pixels][:, tap_pixels].reshape(outputs, taps, outputs, taps)
+    gathered = gathered.permute(0, 2, 1, 3).reshape(outputs * outputs, taps * taps)
     w = weight.reshape(n_out, channels, taps)
-    for start in range(0, n_out, rows):
-        stop = min(start + rows, n_out)
-        columns = torch.einsum("fct,tlp->flcp", w[start:stop], gathered)  # D^-1 A^T e_(f, o)
-        images = columns.reshape(-1, channels, height, width)
-        applied = torch.nn.functional.conv2d(images, weight, stride=inv.stride, padding=inv.padding)
-        cap[start * outputs : stop * outputs] = applied.reshape(images.shape[0], -1)
+    mixing = torch.einsum("fct,gcu->tufg", w, w).reshape(taps * taps, n_out * n_out)
+    cap = (gathered @ mixing).reshape(outputs, outputs, n_out, n_out).permute(2, 0, 3, 1)
+    cap = cap.reshape(n_out * outputs, n_out * outputs)
     cap = 0.5 * (cap + cap.T)
     cap.diagonal().add_(1.0 / system.wa)
     chol = torch.linalg.cholesky(cap)

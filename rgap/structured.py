@@ -20,8 +20,10 @@ block that every input channel shares (``K0``: one row per kernel weight of one 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,8 @@ REDUCED_COST = 4e9
 REDUCED_PIXELS = 2048
 #: Eigenvalues of wk B within this factor above the rank cut-off are treated as candidates for the null space.
 GAP = 1e4
+#: Layers with at most this many unknowns are solved on one CPU thread (see ``solve_conv``).
+SINGLE_THREAD_LIMIT = 20000
 #: Power iterations for lambda_max(A^T A), which enters the rank cut-off.
 POWER_ITERATIONS = 30
 #: Spectral bounds of A^T A per layer geometry and weights (see ``weight_bounds``).
@@ -227,12 +231,11 @@ class ConvSystem:
         _, info = torch.linalg.cholesky_ex(reduced)
         if int(info) == 0:
             return NullSpace(self.n, None, "reduced")
+        d = _negative_eigenvalues(reduced)  # Sylvester's inertia of N^T G N - cut I
         reduced.diagonal().add_(cut)
-        mu = torch.linalg.eigvalsh(reduced)
-        d = int((mu <= cut).sum())
         if d == 0:
             return NullSpace(self.n, None, "reduced")
-        y0 = _null_vectors(reduced, mu, d).reshape(channels, m0, d)
+        y0 = _null_vectors(reduced, d, cut).reshape(channels, m0, d)
         basis = torch.einsum("pj,cjd->cpd", n0, y0).reshape(self.n, d)
         return NullSpace(self.n - d, basis, "reduced")
 
@@ -270,25 +273,46 @@ class ConvSystem:
                         converged=result.converged, preconditioner=name)
 
 
-def _null_vectors(matrix: torch.Tensor, eigenvalues: torch.Tensor, count: int) -> torch.Tensor:
-    """Orthonormal basis of the eigenspace of the ``count`` smallest eigenvalues of a PSD ``matrix``.
+def _negative_eigenvalues(matrix: torch.Tensor) -> int:
+    """Number of negative eigenvalues of a symmetric matrix from its LDL^T (Bunch-Kaufman) factorisation
+    (Sylvester's law of inertia: D has as many, counted over its 1 x 1 and 2 x 2 blocks)."""
+    ld, pivots, info = torch.linalg.ldl_factor_ex(matrix)
+    if int(info) < 0:  # pragma: no cover - invalid input to LAPACK
+        return int((torch.linalg.eigvalsh(matrix) < 0).sum())
+    diag, off, pivots = ld.diagonal().tolist(), ld.diagonal(-1).tolist(), pivots.tolist()
+    count, k = 0, 0
+    while k < len(pivots):
+        if pivots[k] < 0:  # a 2 x 2 block at (k, k + 1)
+            a, b, c = diag[k], off[k], diag[k + 1]
+            det = a * c - b * b
+            count += 1 if det < 0 else (2 if det > 0 and a + c < 0 else 0)
+            k += 2
+        else:
+            count += diag[k] < 0
+            k += 1
+    return count
 
-    Shifted inverse subspace iteration: ``(matrix + sigma I)^-1`` damps the other eigenvectors by
-    ``sigma / (eigenvalues[count] + sigma)`` per step (the rank cut-off leaves a wide gap); falls back to a full
-    eigen-decomposition when the shifted matrix cannot be factorised or the gap is too narrow.
+
+def _null_vectors(matrix: torch.Tensor, count: int, cut: float) -> torch.Tensor:
+    """Orthonormal basis of the eigenspace of the ``count`` eigenvalues at or below ``cut`` of a PSD ``matrix``.
+
+    Shifted inverse subspace iteration (``(matrix + sigma I)^-1`` damps the other eigenvectors by ``sigma`` over
+    their eigenvalue per step); accepted when every Ritz value is at or below ``cut``, otherwise (no clear
+    gap at the cut) a full eigen-decomposition gives them.
     """
-    top, gap = float(eigenvalues[-1]), float(eigenvalues[count])
-    sigma = max(float(eigenvalues[count - 1]), 0.0) + 1e-10 * top
+    sigma = max(cut, 1e-12 * float(matrix.diagonal().max()))
     shifted = matrix.clone()
     shifted.diagonal().add_(sigma)
     chol, info = torch.linalg.cholesky_ex(shifted)
-    if int(info) != 0 or sigma > 1e-4 * gap:
-        return torch.linalg.eigh(matrix)[1][:, :count]
-    gen = torch.Generator().manual_seed(0)
-    block = torch.randn(matrix.shape[0], count, generator=gen, dtype=matrix.dtype).to(matrix.device)
-    for _ in range(3):
-        block = torch.linalg.qr(torch.cholesky_solve(block, chol))[0]
-    return block
+    if int(info) == 0:
+        gen = torch.Generator().manual_seed(0)
+        block = torch.randn(matrix.shape[0], count, generator=gen, dtype=matrix.dtype).to(matrix.device)
+        for _ in range(3):
+            block = torch.linalg.qr(torch.cholesky_solve(block, chol))[0]
+        ritz = torch.linalg.eigvalsh(block.T @ matrix @ block)
+        if float(ritz.max()) <= cut:
+            return block
+    return torch.linalg.eigh(matrix)[1][:, :count]
 
 
 # ---------------------------------------------------------------------------------------- weight bounds
@@ -364,15 +388,34 @@ def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
 def solve_conv(inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None,
                balance: bool, options: SolveOptions) -> Solution | None:
     """Structured solve of one Conv2d layer; None when its rank cannot be decided cheaply and the layer is
-    small enough for the dense path (the caller then solves densely)."""
-    if z is None:
-        return _gradient_only(inverter, k, grad_w)
-    system = ConvSystem(inverter, k, grad_w, z, balance)
-    small = inverter.n <= options.dense_limit
-    null = system.null_space(allow_weight_certificate=small)
-    if null is None and small:
-        return None
-    return system.solve(options, null)
+    small enough for the dense path (the caller then solves densely).
+
+    Layers with at most ``SINGLE_THREAD_LIMIT`` unknowns are solved on one CPU thread: their CG steps are
+    hundreds of operations on a few thousand numbers, which intra-op threads only slow down.
+    """
+    with threads(1 if inverter.n <= SINGLE_THREAD_LIMIT and k.device.type == "cpu" else None):
+        if z is None:
+            return _gradient_only(inverter, k, grad_w)
+        system = ConvSystem(inverter, k, grad_w, z, balance)
+        small = inverter.n <= options.dense_limit
+        null = system.null_space(allow_weight_certificate=small)
+        if null is None and small:
+            return None
+        return system.solve(options, null)
+
+
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads (unchanged when None), restoring the setting."""
+    if count is None or count == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def conv_rank(inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None,
@@ -414,4 +457,4 @@ def _gradient_only(inverter: Conv2dInverter, k: torch.Tensor, grad_w: torch.Tens
     return Solution(x.reshape(-1).to(k.dtype), system.rank, inverter.n, method)
 
 
-__all__ = ["ConvSystem", "NullSpace", "WeightBounds", "conv_rank", "solve_conv", "weight_bounds"]
+__all__ = ["ConvSystem", "NullSpace", "WeightBounds", "conv_rank", "solve_conv", "threads", "weight_bounds"]
