@@ -85,15 +85,27 @@ class TorusGramInverse:
             return self._apply(vectors)
         return torch.cat([self._apply(part) for part in vectors.split(_CHUNK)])
 
-    def _apply(self, vectors: torch.Tensor) -> torch.Tensor:
+    def apply_channel(self, planes: torch.Tensor, channel: int) -> torch.Tensor:
+        """The inverse applied to inputs that are zero outside input ``channel``: ``planes`` [m, H*W] holds that
+        channel; returns [m, C*H*W]. Transforms only the one channel (the others are zero)."""
+        out = []
+        for part in planes.split(_CHUNK):
+            out.append(self._apply(part.reshape(part.shape[0], 1, -1), channel))
+        return torch.cat(out)
+
+    def _apply(self, vectors: torch.Tensor, channel: int | None = None) -> torch.Tensor:
         channels, height, width = self.input_shape
         (sh, sw), mh, mw, m = self.stride, self.mh, self.mw, vectors.shape[0]
-        torus = vectors.new_zeros(m, channels, self.nh, self.nw)
-        torus[:, :, :height, :width] = vectors.reshape(m, channels, height, width)
-        poly = torus.reshape(m, channels, mh, sh, mw, sw).permute(0, 1, 3, 5, 2, 4)  # m C sh sw Mh Mw
+        given = channels if channel is None else 1
+        torus = vectors.new_zeros(m, given, self.nh, self.nw)
+        torus[:, :, :height, :width] = vectors.reshape(m, given, height, width)
+        poly = torus.reshape(m, given, mh, sh, mw, sw).permute(0, 1, 3, 5, 2, 4)  # m C sh sw Mh Mw
         spectrum = torch.fft.rfft2(poly)  # m C sh sw Mh Mw2
-        v = spectrum.permute(4, 5, 1, 2, 3, 0).reshape(mh, mw // 2 + 1, channels * sh * sw, m)
-        solved = (self.inverse @ v).reshape(mh, mw // 2 + 1, channels, sh, sw, m).permute(5, 2, 3, 4, 0, 1)
+        v = spectrum.permute(4, 5, 1, 2, 3, 0).reshape(mh, mw // 2 + 1, given * sh * sw, m)
+        inverse = self.inverse
+        if channel is not None:  # only the columns of that channel's phases
+            inverse = inverse[..., channel * sh * sw : (channel + 1) * sh * sw]
+        solved = (inverse @ v).reshape(mh, mw // 2 + 1, channels, sh, sw, m).permute(5, 2, 3, 4, 0, 1)
         poly = torch.fft.irfft2(solved, s=(mh, mw))  # m C sh sw Mh Mw
         torus = poly.permute(0, 1, 4, 2, 5, 3).reshape(m, channels, self.nh, self.nw)
         return torus[:, :, :height, :width].reshape(m, -1)

@@ -28,10 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgap import weightcache
 from rgap.errors import UnsupportedLayerError
 from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
 from rgap.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gram
 from rgap.structured import solve_conv
+
+
+#: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.weightcache``.
+CACHED_GRAM_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -444,6 +449,15 @@ class Conv2dInverter(LayerInverter):
         gram.index_add_(0, flat, source)
         return gram.reshape(pixels, pixels, channels, channels).permute(2, 0, 3, 1).reshape(self.n, self.n)
 
+    def _weight_gram_copy(self, like: torch.Tensor) -> torch.Tensor:
+        """A fresh copy of ``weight_gram``; for layers with at most ``CACHED_GRAM_LIMIT`` unknowns the Gram matrix
+        itself is computed once per weights (``rgap.weightcache``: it does not depend on the image)."""
+        if self.n > CACHED_GRAM_LIMIT:
+            return self.weight_gram(like)
+        key = weightcache.weight_key(self.layer.weight, "weight_gram", self.input_shape, self.output_shape,
+                                     self.stride, self.padding, str(like.dtype), str(like.device))
+        return weightcache.cached(key, lambda: self.weight_gram(like)).clone()
+
     def normal_equations(
         self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,7 +465,7 @@ class Conv2dInverter(LayerInverter):
         if z is None:
             return self.gradient_normal(k, grad_w)
         block, rhs = self._gradient_block(k, grad_w)
-        gram = self.weight_gram(k)
+        gram = self._weight_gram_copy(k)
         channels, pixels = self.input_shape[0], block.shape[0]
         wk, wa = 1.0, 1.0
         if balance:

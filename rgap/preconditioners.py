@@ -44,6 +44,8 @@ CAPACITANCE_SHIFT = 1e-8
 TORUS_SHIFT = 1e-4
 #: Shift of a singular ``Abar`` in ``shared``, relative to its mean eigenvalue.
 SHARED_SHIFT = 1e-10
+#: ``lowrank`` forms B's range basis V1 (P x r0) densely for its set-up when it has at most this many entries.
+DENSE_BASIS_ENTRIES = 1 << 24
 #: Vectors per batch when the ``lowrank`` capacitance matrix is formed.
 _CHUNK = 64
 
@@ -94,17 +96,19 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     periodic = _torus(system, TORUS_SHIFT * _mean_weight_eigenvalue(system))
     if rank_b == 0:
         return periodic
-    # U^T S U, one input channel at a time: columns V1[:, j] placed in channel c.
+    # U^T S U, one input channel at a time: columns V1[:, j] placed in channel c (only that channel transformed).
+    # The reduction by U^T uses the dense basis V1 when it is small, else the sparse K0.
+    dense = pixels * rank_b <= DENSE_BASIS_ENTRIES
+    basis = system.block_range()[1] if dense else None
     eye = torch.eye(rank_b, dtype=torch.float64, device=lam.device)
     cap = torch.empty(channels * rank_b, channels * rank_b, dtype=torch.float64, device=lam.device)
     for start in range(0, rank_b, _CHUNK):
         stop = min(start + _CHUNK, rank_b)
-        images = system.from_range(eye[start:stop])  # [m, P]: V1 columns
+        images = basis[:, start:stop].T if dense else system.from_range(eye[start:stop])  # [m, P]: V1 columns
         for c in range(channels):
-            cols = images.new_zeros(stop - start, channels, pixels)
-            cols[:, c, :] = images
-            applied = periodic(cols.reshape(stop - start, -1)).reshape(stop - start, channels, pixels)
-            cap[c * rank_b + start : c * rank_b + stop] = system.to_range(applied).reshape(stop - start, -1)
+            applied = periodic.apply_channel(images, c).reshape(stop - start, channels, pixels)
+            reduced = applied @ basis if dense else system.to_range(applied)
+            cap[c * rank_b + start : c * rank_b + stop] = reduced.reshape(stop - start, -1)
     cap = 0.5 * (cap + cap.T)
     cap.diagonal().add_((1.0 / (system.wk * lam)).repeat(channels))
     chol = torch.linalg.cholesky(cap)

@@ -21,15 +21,13 @@ block that every input channel shares (``K0``: one row per kernel weight of one 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from rgap import preconditioners
+from rgap import preconditioners, weightcache
 from rgap.matfree import NormalOperator, conjugate_gradient, lanczos_cond
 from rgap.preconditioners import Preconditioner
 from rgap.solvers import RCOND, Solution, SolveOptions
@@ -48,9 +46,6 @@ GAP = 1e4
 SINGLE_THREAD_LIMIT = 20000
 #: Power iterations for lambda_max(A^T A), which enters the rank cut-off.
 POWER_ITERATIONS = 30
-#: Spectral bounds of A^T A per layer geometry and weights (see ``weight_bounds``).
-_WEIGHT_BOUNDS: OrderedDict[tuple, WeightBounds] = OrderedDict()
-_WEIGHT_BOUNDS_SIZE = 64
 
 
 @dataclass
@@ -357,15 +352,16 @@ class WeightBounds:
 
 
 def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
-    """The (cached) ``WeightBounds`` of ``inverter``'s layer, keyed by geometry and a digest of the weights."""
+    """The ``WeightBounds`` of ``inverter``'s layer, cached per weights and geometry (``rgap.weightcache``)."""
     weight = inverter.layer.weight.detach()
-    digest = hashlib.blake2b(weight.to(torch.float64).cpu().contiguous().numpy().tobytes(), digest_size=16)
-    key = (inverter.input_shape, inverter.output_shape, inverter.stride, inverter.padding, tuple(weight.shape),
-           digest.hexdigest(), str(weight.device))
-    if key in _WEIGHT_BOUNDS:
-        _WEIGHT_BOUNDS.move_to_end(key)
-        return _WEIGHT_BOUNDS[key]
-    like = weight.to(torch.float64)
+    key = weightcache.weight_key(weight, "bounds", inverter.input_shape, inverter.output_shape, inverter.stride,
+                                 inverter.padding)
+    return weightcache.cached(key, lambda: _power_bounds(inverter))
+
+
+def _power_bounds(inverter: Conv2dInverter) -> WeightBounds:
+    """lambda_max(A^T A) by power iteration from a seeded start."""
+    like = inverter.layer.weight.detach().to(torch.float64)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(inverter.input_shape, generator=gen, dtype=torch.float64).to(like.device)
     v /= torch.linalg.vector_norm(v)
@@ -377,11 +373,7 @@ def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
         if float(norm) == 0.0:
             break
         v = w / norm
-    bounds = WeightBounds(lam_max=value)
-    _WEIGHT_BOUNDS[key] = bounds
-    if len(_WEIGHT_BOUNDS) > _WEIGHT_BOUNDS_SIZE:
-        _WEIGHT_BOUNDS.popitem(last=False)
-    return bounds
+    return WeightBounds(lam_max=value)
 
 
 # ------------------------------------------------------------------------------------------- entry points
