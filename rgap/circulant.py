@@ -24,6 +24,65 @@ import torch
 _CHUNK = 64
 
 
+def torus_grid(input_shape: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, int]) -> tuple[int, int]:
+    """``(M_h, M_w)``: the polyphase grid of the torus, ``s M >= H + kh`` (no kernel window wraps the image)."""
+    (height, width), (kh, kw), (sh, sw) = input_shape[1:], kernel, stride
+    return math.ceil((height + kh) / sh), math.ceil((width + kw) / sw)
+
+
+def periodic_gram(weight: torch.Tensor, input_shape: tuple[int, int, int], stride: tuple[int, int],
+                  padding: tuple[int, int], wa: float = 1.0, mix: torch.Tensor | None = None) -> torch.Tensor:
+    """The Fourier blocks of ``wa T`` (``T = A_per^T A_per``) on the half spectrum of ``rfft2``:
+    [M_h, M_w // 2 + 1, C s_h s_w, C s_h s_w], or with ``mix`` the blocks of ``wa sum_c mix[c] T_cc``:
+    [M_h, M_w // 2 + 1, s_h s_w, s_h s_w]. The other half of the spectrum holds their complex conjugates."""
+    channels = input_shape[0]
+    n_out, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    mh, mw = torus_grid(input_shape, (kh, kw), stride)
+    cplx = torch.complex128
+    weight = weight.to(torch.float64)
+    device = weight.device
+    rows = torch.arange(mh, dtype=torch.float64, device=device)
+    cols = torch.arange(mw // 2 + 1, dtype=torch.float64, device=device)
+    # what[wh, ww, f, c, phi_h, phi_w]
+    what = torch.zeros(mh, mw // 2 + 1, n_out, channels, sh, sw, dtype=cplx, device=device)
+    for a in range(kh):
+        qa, pa = divmod(a - ph, sh)
+        for b in range(kw):
+            qb, pb = divmod(b - pw, sw)
+            phase = torch.exp(2j * math.pi * (rows[:, None] * (qa / mh) + cols[None, :] * (qb / mw)))
+            what[:, :, :, :, pa, pb] += phase[:, :, None, None] * weight[:, :, a, b].to(cplx)
+    phases = sh * sw
+    if mix is not None:
+        what = what.reshape(mh, mw // 2 + 1, n_out, channels, phases).permute(0, 1, 3, 2, 4)
+        coefficients = (wa * mix.to(torch.float64)).to(cplx).reshape(1, 1, channels, 1, 1)
+        return ((what.mH @ what) * coefficients).sum(2)
+    what = what.reshape(mh, mw // 2 + 1, n_out, channels * phases)
+    return wa * (what.mH @ what)
+
+
+def border_free(input_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int]) -> bool:
+    """True when the torus adds no output window that reaches into the image: then ``A^T A`` is exactly the
+    restriction of ``T`` to the image (a principal submatrix), so ``lambda_min(A^T A) >= lambda_min(T)``.
+
+    Per axis: the window before the first output (start ``-s - p``) must end before pixel 0 (``k <= s + p``)
+    and the window after the last (start ``s Ho - p``) must start at or after pixel ``H``.
+    """
+    for size, k, s, p in zip(input_shape[1:], kernel, stride, padding, strict=True):
+        outputs = (size + 2 * p - k) // s + 1
+        if k > s + p or s * outputs - p < size:
+            return False
+    return True
+
+
+def periodic_lam_min(weight: torch.Tensor, input_shape: tuple[int, int, int], stride: tuple[int, int],
+                     padding: tuple[int, int]) -> float:
+    """lambda_min of the periodic Gram ``T`` (smallest eigenvalue over its Fourier blocks)."""
+    blocks = periodic_gram(weight, input_shape, stride, padding)
+    return float(torch.linalg.eigvalsh(blocks).min())
+
+
 class TorusGramInverse:
     """``v -> R (wa T + gamma I)^-1 R^T v`` for the periodic Gram ``T`` of one convolution geometry.
 
@@ -38,33 +97,12 @@ class TorusGramInverse:
                  padding: tuple[int, int], wa: float, gamma: float, mix: torch.Tensor | None = None,
                  relative: bool = False) -> None:
         channels, height, width = input_shape
-        n_out, _, kh, kw = weight.shape
-        (sh, sw), (ph, pw) = stride, padding
+        (sh, sw) = stride
         self.stride = (sh, sw)
         self.input_shape = (channels if mix is None else 1, height, width)
-        self.mh, self.mw = math.ceil((height + kh) / sh), math.ceil((width + kw) / sw)
+        self.mh, self.mw = torus_grid(input_shape, weight.shape[2:], stride)
         self.nh, self.nw = sh * self.mh, sw * self.mw
-        cplx = torch.complex128
-        weight = weight.to(torch.float64)
-        device = weight.device
-        rows = torch.arange(self.mh, dtype=torch.float64, device=device)
-        cols = torch.arange(self.mw // 2 + 1, dtype=torch.float64, device=device)
-        # what[wh, ww, f, c, phi_h, phi_w]
-        what = torch.zeros(self.mh, self.mw // 2 + 1, n_out, channels, sh, sw, dtype=cplx, device=device)
-        for a in range(kh):
-            qa, pa = divmod(a - ph, sh)
-            for b in range(kw):
-                qb, pb = divmod(b - pw, sw)
-                phase = torch.exp(2j * math.pi * (rows[:, None] * (qa / self.mh) + cols[None, :] * (qb / self.mw)))
-                what[:, :, :, :, pa, pb] += phase[:, :, None, None] * weight[:, :, a, b].to(cplx)
-        phases = sh * sw
-        if mix is not None:
-            what = what.reshape(self.mh, self.mw // 2 + 1, n_out, channels, phases).permute(0, 1, 3, 2, 4)
-            coefficients = (wa * mix.to(torch.float64)).to(cplx).reshape(1, 1, channels, 1, 1)
-            blocks = ((what.mH @ what) * coefficients).sum(2)  # [wh, ww, phases, phases]
-        else:
-            what = what.reshape(self.mh, self.mw // 2 + 1, n_out, channels * phases)
-            blocks = wa * (what.mH @ what)  # [wh, ww, C phases, C phases]
+        blocks = periodic_gram(weight, input_shape, stride, padding, wa, mix)
         size = blocks.shape[-1]
         if relative:  # gamma relative to the mean eigenvalue of T
             gamma = gamma * float(blocks.diagonal(dim1=-2, dim2=-1).real.mean())

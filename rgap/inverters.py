@@ -34,7 +34,6 @@ from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_nor
 from rgap.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gram
 from rgap.structured import solve_conv
 
-
 #: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.weightcache``.
 CACHED_GRAM_LIMIT = 2048
 

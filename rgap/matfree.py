@@ -180,10 +180,9 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torc
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
     r = rhs.clone()
+    zvec = r if inv_diag is None else r * inv_diag
     if precondition is not None:
         zvec = precondition(r)
-    else:
-        zvec = r if inv_diag is None else r * inv_diag
     p = zvec.clone()
     rz = torch.dot(r, zvec)
     converged = False

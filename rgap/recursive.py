@@ -73,7 +73,7 @@ class RGAP(Attack):
     name = "rgap"
 
     def __init__(self, weight_constraints: bool = True, balance: bool = True, labels: str = "given",
-                 dense_limit: int = 4096, cg_tol: float = 1e-12, cg_maxiter: int = 20000,
+                 dense_limit: int = 4096, cg_tol: float = 1e-13, cg_maxiter: int = 20000,
                  solver: str = "structured") -> None:
         if labels not in LABEL_MODES:
             raise UserInputError(f"attack.labels={labels!r} is not valid; valid choices: {', '.join(LABEL_MODES)}.")

@@ -12,8 +12,9 @@ block that every input channel shares (``K0``: one row per kernel weight of one 
   ``RCOND^2 lambda_max(G)``), from the same blocks: ``G >= wk I (x) B``, so a full-rank ``B`` settles it;
   otherwise ``null(G) = null(I (x) B) cap null(A)`` is found in the ``C m0``-dimensional null space of
   ``I (x) B`` (``m0 = P - rank B``) from the eigen-decomposition of the reduced matrix ``N^T G N``; when that
-  space is too large, ``G >= wa A^T A`` and a Cholesky certificate of ``A^T A - mu I`` (weights only,
-  computed once per weights and cached) settles a full rank.
+  space is too large, ``G >= wa A^T A`` and a lower bound of ``lambda_min(A^T A)`` settles a full rank: from
+  the periodic model when the layer has no border effects (``rgap.circulant.border_free``), else from a
+  Cholesky certificate of the dense ``A^T A - mu I`` (weights only; both computed once per weights and cached).
   A rank-deficient layer gets the minimum-norm solution: the CG solution minus its projection on ``null(G)``
   (method ``pinv``, as the dense eigen-solve).
 """
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rgap import preconditioners, weightcache
+from rgap.circulant import border_free, periodic_lam_min
 from rgap.matfree import NormalOperator, conjugate_gradient, lanczos_cond
 from rgap.preconditioners import Preconditioner
 from rgap.solvers import RCOND, Solution, SolveOptions
@@ -52,8 +54,9 @@ POWER_ITERATIONS = 30
 class NullSpace:
     """Numerical null space of ``G``: ``rank`` and an orthonormal basis (N x (N - rank); None when full rank).
 
-    ``route`` says how it was found: ``gradient-block`` (B has full rank), ``reduced`` (eigen-decomposition of
-    ``N^T G N``) or ``weights`` (Cholesky certificate of ``A^T A``).
+    ``route`` says how it was found: ``gradient-block`` (B has full rank), ``reduced`` (inertia and null vectors
+    of ``N^T G N``), ``periodic weights`` (lower bound of lambda_min(A^T A) from the periodic model) or
+    ``weights`` (Cholesky certificate of the dense ``A^T A``).
     """
 
     rank: int
@@ -195,10 +198,11 @@ class ConvSystem:
         reduced = self.channels * m0
         if self.pixels <= REDUCED_PIXELS and reduced <= REDUCED_LIMIT and float(reduced) * self.n * m0 <= REDUCED_COST:
             return self._reduced_null_space(cut)
-        if allow_weight_certificate:
-            bound = weight_bounds(self.inverter).certified_lam_min(self.inverter)
-            if self.wa * bound > cut:
-                return NullSpace(self.n, None, "weights")
+        bounds = weight_bounds(self.inverter)
+        if self.wa * bounds.periodic > cut:
+            return NullSpace(self.n, None, "periodic weights")
+        if self.wa * bounds.certified_lam_min(self.inverter, allow_weight_certificate) > cut:
+            return NullSpace(self.n, None, "weights")
         return None
 
     def _reduced_null_space(self, cut: float) -> NullSpace:
@@ -316,18 +320,26 @@ class WeightBounds:
     """Spectral bounds of ``A^T A`` of one layer, which depend on its weights and geometry only.
 
     ``lam_max``: lambda_max(A^T A) by power iteration (slightly low at worst; ``lam_max`` of ``ConvSystem``
-    adds the gradient block's, which more than covers it). ``lam_min``: a certified lower bound of
-    lambda_min(A^T A), computed on first use (``certified_lam_min``; 0 when none was found).
+    adds the gradient block's, which more than covers it). ``periodic``: a lower bound of lambda_min(A^T A) from
+    the periodic model (``rgap.circulant.periodic_lam_min``) when the torus adds no output window inside the
+    image (``border_free``: ``A^T A`` is then a principal submatrix of the periodic Gram), else 0. ``dense``:
+    a certified lower bound from the dense ``A^T A`` (``certified_lam_min``), computed on first use.
     """
 
     lam_max: float
-    lam_min: float | None = None
+    periodic: float = 0.0
+    dense: float | None = None
 
-    def certified_lam_min(self, inverter: Conv2dInverter) -> float:
-        """Form the dense A^T A once, estimate lambda_min by inverse iteration on its Cholesky factor and
-        certify half of it by a Cholesky factorisation of ``A^T A - mu I`` (which exists only if lambda_min > mu).
+    def certified_lam_min(self, inverter: Conv2dInverter, allow_dense: bool) -> float:
+        """The best lower bound of lambda_min(A^T A) at hand (0 if none).
+
+        The dense one (only with ``allow_dense``, and only when the periodic one is 0) forms A^T A once,
+        estimates lambda_min by inverse iteration on its Cholesky factor and certifies half of it by a Cholesky
+        factorisation of ``A^T A - mu I`` (which exists only if lambda_min > mu).
         """
-        if self.lam_min is None:
+        if self.periodic > 0.0 or not allow_dense:
+            return self.periodic
+        if self.dense is None:
             gram = inverter.weight_gram(inverter.layer.weight.detach().to(torch.float64))
             bound = 0.0
             chol, info = torch.linalg.cholesky_ex(gram)
@@ -339,6 +351,7 @@ class WeightBounds:
                     v = torch.cholesky_solve(v, chol)
                     v /= torch.linalg.vector_norm(v)
                     estimate = float(v.T @ gram @ v)
+                del chol
                 for fraction in (0.5, 0.05):
                     mu = fraction * estimate
                     gram.diagonal().sub_(mu)
@@ -347,8 +360,8 @@ class WeightBounds:
                     if int(info) == 0 and mu > 0:
                         bound = mu
                         break
-            self.lam_min = bound
-        return self.lam_min
+            self.dense = bound
+        return self.dense
 
 
 def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
@@ -360,7 +373,7 @@ def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
 
 
 def _power_bounds(inverter: Conv2dInverter) -> WeightBounds:
-    """lambda_max(A^T A) by power iteration from a seeded start."""
+    """lambda_max(A^T A) by power iteration from a seeded start, and the periodic lower bound of lambda_min."""
     like = inverter.layer.weight.detach().to(torch.float64)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(inverter.input_shape, generator=gen, dtype=torch.float64).to(like.device)
@@ -373,7 +386,10 @@ def _power_bounds(inverter: Conv2dInverter) -> WeightBounds:
         if float(norm) == 0.0:
             break
         v = w / norm
-    return WeightBounds(lam_max=value)
+    periodic = 0.0
+    if border_free(inverter.input_shape, inverter.kernel, inverter.stride, inverter.padding):
+        periodic = max(periodic_lam_min(like, inverter.input_shape, inverter.stride, inverter.padding), 0.0)
+    return WeightBounds(lam_max=value, periodic=periodic)
 
 
 # ------------------------------------------------------------------------------------------- entry points

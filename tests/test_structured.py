@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rgap import models, preconditioners, structured
-from rgap.circulant import TorusGramInverse
+from rgap.circulant import TorusGramInverse, border_free, periodic_lam_min
 from rgap.errors import UserInputError
 from rgap.inverters import Conv2dInverter, make_inverter
 from rgap.rank import rank_analysis
@@ -218,6 +218,38 @@ def test_weight_certificate_route(monkeypatch: pytest.MonkeyPatch) -> None:
     assert conv_rank(inv, data["k"], data["g"], data["z"], allow_weight_certificate=False) is None
 
 
+@pytest.mark.parametrize(("cfg", "free"), [((3, 16, 16, 12, (4, 4), 2, 2), True), ((2, 12, 12, 4, (3, 3), 1, 1), False),
+                                           ((2, 13, 13, 5, (3, 3), 2, 1), True), ((2, 12, 12, 5, (3, 3), 2, 1), False),
+                                           ((2, 12, 12, 6, (2, 2), 2, 0), True)])
+def test_periodic_lower_bound_of_the_weight_gram(cfg: tuple, free: bool) -> None:
+    """Border-free layers: lambda_min of the periodic Gram bounds lambda_min(A^T A) from below (dense reference)."""
+    inv = _conv(cfg, 21)
+    assert border_free(inv.input_shape, inv.kernel, inv.stride, inv.padding) == free
+    weight = inv.layer.weight.detach()
+    ja = torch.autograd.functional.jacobian(
+        lambda v: torch.nn.functional.conv2d(v.unsqueeze(0), weight, stride=inv.stride, padding=inv.padding)
+        .reshape(-1), torch.zeros(inv.input_shape, dtype=DTYPE)).reshape(-1, inv.n)
+    exact = float(torch.linalg.eigvalsh(ja.T @ ja)[0])
+    bound = periodic_lam_min(weight, inv.input_shape, inv.stride, inv.padding)
+    if free:
+        assert bound <= exact * (1 + 1e-9) + 1e-12
+
+
+def test_periodic_certificate_route() -> None:
+    """The first layer of CNN6 (4x4, stride 2, padding 2) is border-free: its full rank needs no dense A^T A."""
+    monkey_limit = structured.REDUCED_LIMIT
+    inv = _conv((3, 16, 16, 12, (4, 4), 2, 2), 22)
+    data = _data(inv, 23, 0.0)
+    matrix, _ = _stacked(inv, data, False)
+    try:
+        structured.REDUCED_LIMIT = 0
+        null = conv_rank(inv, data["k"], data["g"], data["z"], allow_weight_certificate=False)
+    finally:
+        structured.REDUCED_LIMIT = monkey_limit
+    assert null is not None and null.route == "periodic weights"
+    assert null.rank == inv.n == int(torch.linalg.matrix_rank(matrix))
+
+
 def test_rank_analysis_reports_progress_per_layer() -> None:
     shape = (2, 7, 7)
     model = models.conv_net(shape, [(4, 3, 2, 1), (3, 2, 1, 0)], hidden=[5], seed=1)
@@ -228,8 +260,9 @@ def test_rank_analysis_reports_progress_per_layer() -> None:
 
 
 # ---------------------------------------------------------------------------------- periodic Gram inverse
-@pytest.mark.parametrize("cfg", [(2, 20, 19, 3, (3, 3), 1, 1), (3, 24, 24, 8, (4, 4), 2, 2), (2, 23, 22, 6, (3, 3), 2, 1),
-                                 (1, 22, 22, 4, (5, 5), 1, 2)], ids=["s1", "s2-k4", "s2-k3", "k5"])
+@pytest.mark.parametrize("cfg", [(2, 20, 19, 3, (3, 3), 1, 1), (3, 24, 24, 8, (4, 4), 2, 2),
+                                 (2, 23, 22, 6, (3, 3), 2, 1), (1, 22, 22, 4, (5, 5), 1, 2)],
+                         ids=["s1", "s2-k4", "s2-k3", "k5"])
 def test_torus_inverse_is_exact_away_from_the_border(cfg: tuple) -> None:
     """For inputs supported a kernel size inside the image, ``A^T A`` equals the periodic Gram, so the
     periodic inverse undoes ``wa A^T A + gamma`` exactly (forward model: the real convolution and its adjoint)."""
