@@ -89,13 +89,16 @@ class TorusGramInverse:
     ``weight`` is the layer's [F, C, kh, kw] weight, ``input_shape`` its (C, H, W) input; ``relative``: ``gamma``
     is relative to the mean eigenvalue of ``wa T``. With ``mix`` ([C]
     coefficients) the operator acts on single-channel images (1, H, W) instead: ``T = sum_c mix[c] T_cc``, the
-    combination of the channel-diagonal blocks (``s_h s_w x s_h s_w`` per frequency). Everything is
-    float64/complex128 on the weight's device.
+    combination of the channel-diagonal blocks (``s_h s_w x s_h s_w`` per frequency). ``exact_margin``: when
+    the torus has at most that many pixels outside the image (all channels), the operator becomes the exact
+    inverse of the restricted ``R (wa T + gamma I) R^T`` (a Schur complement over those pixels, two
+    transforms per application); for a border-free layer (``border_free``) that is ``(wa A^T A + gamma I)^-1``.
+    Everything is float64/complex128 on the weight's device.
     """
 
     def __init__(self, weight: torch.Tensor, input_shape: tuple[int, int, int], stride: tuple[int, int],
                  padding: tuple[int, int], wa: float, gamma: float, mix: torch.Tensor | None = None,
-                 relative: bool = False) -> None:
+                 relative: bool = False, exact_margin: int = 0) -> None:
         channels, height, width = input_shape
         (sh, sw) = stride
         self.stride = (sh, sw)
@@ -109,6 +112,10 @@ class TorusGramInverse:
         blocks.diagonal(dim1=-2, dim2=-1).add_(gamma)
         self.inverse = torch.linalg.inv(blocks)
         self.size = size
+        self.margin: torch.Tensor | None = None
+        self.margin_chol: torch.Tensor | None = None  # Cholesky factor of [T^-1]_mm
+        if exact_margin:
+            self._exact_margin(exact_margin)
 
     @property
     def n(self) -> int:
@@ -133,10 +140,24 @@ class TorusGramInverse:
 
     def _apply(self, vectors: torch.Tensor, channel: int | None = None) -> torch.Tensor:
         channels, height, width = self.input_shape
-        (sh, sw), mh, mw, m = self.stride, self.mh, self.mw, vectors.shape[0]
+        m = vectors.shape[0]
         given = channels if channel is None else 1
         torus = vectors.new_zeros(m, given, self.nh, self.nw)
         torus[:, :, :height, :width] = vectors.reshape(m, given, height, width)
+        solved = self._core(torus, channel)
+        if self.margin is not None:  # Schur complement over the margin: the inverse of the restricted Gram
+            flat = solved.reshape(m, -1)
+            weights = torch.cholesky_solve(flat[:, self.margin].T, self.margin_chol).T
+            spread = torch.zeros_like(flat)
+            spread[:, self.margin] = weights
+            solved = solved - self._core(spread.reshape(m, channels, self.nh, self.nw))
+        return solved[:, :, :height, :width].reshape(m, -1)
+
+    def _core(self, torus: torch.Tensor, channel: int | None = None) -> torch.Tensor:
+        """``(wa T + gamma I)^-1`` on whole-torus images [m, C (or 1 with ``channel``), N_h, N_w] -> [m, C, N_h, N_w]."""
+        channels = self.input_shape[0]
+        (sh, sw), mh, mw, m = self.stride, self.mh, self.mw, torus.shape[0]
+        given = torus.shape[1]
         poly = torus.reshape(m, given, mh, sh, mw, sw).permute(0, 1, 3, 5, 2, 4)  # m C sh sw Mh Mw
         spectrum = torch.fft.rfft2(poly)  # m C sh sw Mh Mw2
         v = spectrum.permute(4, 5, 1, 2, 3, 0).reshape(mh, mw // 2 + 1, given * sh * sw, m)
@@ -145,5 +166,48 @@ class TorusGramInverse:
             inverse = inverse[..., channel * sh * sw : (channel + 1) * sh * sw]
         solved = (inverse @ v).reshape(mh, mw // 2 + 1, channels, sh, sw, m).permute(5, 2, 3, 4, 0, 1)
         poly = torch.fft.irfft2(solved, s=(mh, mw))  # m C sh sw Mh Mw
-        torus = poly.permute(0, 1, 4, 2, 5, 3).reshape(m, channels, self.nh, self.nw)
-        return torus[:, :, :height, :width].reshape(m, -1)
+        return poly.permute(0, 1, 4, 2, 5, 3).reshape(m, channels, self.nh, self.nw)
+
+    def _exact_margin(self, limit: int) -> None:
+        """Make the operator the inverse of the *restricted* ``R (wa T + gamma I) R^T`` (no border error):
+        ``(T_dd)^-1 = [T^-1]_dd - [T^-1]_dm ([T^-1]_mm)^-1 [T^-1]_md`` over the torus pixels ``m`` outside the
+        image, when there are at most ``limit`` of them (all channels).
+
+        ``[T^-1]_mm`` needs only ``C s_h s_w`` transforms: ``T`` commutes with shifts by the stride, so the column
+        of any pixel is a shifted column of the pixel with the same channel and phase in the first stride cell.
+        """
+        channels, height, width = self.input_shape
+        (sh, sw), nh, nw = self.stride, self.nh, self.nw
+        outside = torch.ones(channels, nh, nw, dtype=torch.bool)
+        outside[:, :height, :width] = False
+        margin = torch.nonzero(outside.reshape(-1)).reshape(-1)
+        if margin.numel() == 0 or margin.numel() > limit:
+            return
+        device = self.inverse.device
+        units = torch.zeros(channels, sh, sw, channels, nh, nw, dtype=torch.float64, device=device)
+        for c in range(channels):
+            for a in range(sh):
+                for b in range(sw):
+                    units[c, a, b, c, a, b] = 1.0
+        base = self._core(units.reshape(-1, channels, nh, nw)).reshape(channels, sh, sw, channels, nh, nw)
+        c, rest = margin // (nh * nw), margin % (nh * nw)
+        i, j = rest // nw, rest % nw
+        # entry (p, q) = [T^-1]_{q, p} = base[c_p, phase(p)][c_q, q - (p's stride cell)]
+        rows_i = (i.unsqueeze(0) - (sh * (i // sh)).unsqueeze(1)) % nh
+        rows_j = (j.unsqueeze(0) - (sw * (j // sw)).unsqueeze(1)) % nw
+        block = base[c.unsqueeze(1), (i % sh).unsqueeze(1), (j % sw).unsqueeze(1), c.unsqueeze(0), rows_i, rows_j]
+        self.margin_chol = torch.linalg.cholesky(0.5 * (block + block.T))
+        self.margin = margin.to(device)
+
+    def raw_channel(self, planes: torch.Tensor, channel: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The plain periodic inverse (no margin correction) of inputs zero outside ``channel`` (``planes``
+        [m, H*W]): its values on the image [m, C*H*W] and on the margin pixels [m, |margin|] (None without
+        ``exact_margin``), for forming ``U^T S U`` with the correction ``- X^T ([T^-1]_mm)^-1 X`` (``margin_chol``)."""
+        channels, height, width = self.input_shape
+        m = planes.shape[0]
+        torus = planes.new_zeros(m, 1, self.nh, self.nw)
+        torus[:, 0, :height, :width] = planes.reshape(m, height, width)
+        solved = self._core(torus, channel)
+        image = solved[:, :, :height, :width].reshape(m, -1)
+        margin = None if self.margin is None else solved.reshape(m, -1)[:, self.margin]
+        return image, margin

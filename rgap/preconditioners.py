@@ -41,6 +41,9 @@ SHARED_PIXELS = 576
 CAPACITANCE_COST = 3e9
 #: Shift of the gradient block in ``capacitance``, relative to its largest eigenvalue.
 CAPACITANCE_SHIFT = 1e-8
+#: ``lowrank`` makes the periodic inverse exact on the image (``TorusGramInverse(exact_margin=...)``) when the
+#: torus has at most this many pixels outside it (all channels): then it needs a handful of CG steps.
+EXACT_MARGIN = 1200
 #: Shift of the periodic Gram in ``lowrank``, relative to the mean eigenvalue of ``wa A^T A``.
 TORUS_SHIFT = 1e-4
 #: Shift of a singular ``Abar`` in ``shared``, relative to its mean eigenvalue.
@@ -88,9 +91,10 @@ def _mean_weight_eigenvalue(system: ConvSystem) -> float:
     return max((float(system.op.diagonal.sum()) - trace_k) / system.n, 1e-300)
 
 
-def _torus(system: ConvSystem, gamma: float) -> TorusGramInverse:
+def _torus(system: ConvSystem, gamma: float, exact_margin: int = 0) -> TorusGramInverse:
     inv = system.inverter
-    return TorusGramInverse(inv.weight(system.k), inv.input_shape, inv.stride, inv.padding, system.wa, gamma)
+    return TorusGramInverse(inv.weight(system.k), inv.input_shape, inv.stride, inv.padding, system.wa, gamma,
+                            exact_margin=exact_margin)
 
 
 def lowrank(system: ConvSystem) -> Preconditioner:
@@ -102,7 +106,7 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     channels, pixels = system.channels, system.pixels
     lam, _ = system.range_factors()
     rank_b = int(lam.numel())
-    periodic = _torus(system, TORUS_SHIFT * _mean_weight_eigenvalue(system))
+    periodic = _torus(system, TORUS_SHIFT * _mean_weight_eigenvalue(system), EXACT_MARGIN)
     if rank_b == 0:
         return periodic
     # U^T S U, one input channel at a time: columns V1[:, j] placed in channel c (only that channel transformed).
@@ -111,13 +115,21 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     basis = system.block_range()[1] if dense else None
     eye = torch.eye(rank_b, dtype=torch.float64, device=lam.device)
     cap = torch.empty(channels * rank_b, channels * rank_b, dtype=torch.float64, device=lam.device)
+    margin = None if periodic.margin is None else torch.empty(channels * rank_b, periodic.margin.numel(),
+                                                               dtype=torch.float64, device=lam.device)
     for start in range(0, rank_b, _CHUNK):
         stop = min(start + _CHUNK, rank_b)
         images = basis[:, start:stop].T if dense else system.from_range(eye[start:stop])  # [m, P]: V1 columns
         for c in range(channels):
-            applied = periodic.apply_channel(images, c).reshape(stop - start, channels, pixels)
+            applied, outside = periodic.raw_channel(images, c)
+            applied = applied.reshape(stop - start, channels, pixels)
             reduced = applied @ basis if dense else system.to_range(applied)
             cap[c * rank_b + start : c * rank_b + stop] = reduced.reshape(stop - start, -1)
+            if margin is not None:
+                margin[c * rank_b + start : c * rank_b + stop] = outside
+    if margin is not None:  # U^T S_exact U = U^T S U - X^T ([S]_mm)^-1 X, X = [S U]_m
+        half = torch.linalg.solve_triangular(periodic.margin_chol, margin.T, upper=False)
+        cap -= half.T @ half
     cap = 0.5 * (cap + cap.T)
     cap.diagonal().add_((1.0 / (system.wk * lam)).repeat(channels))
     chol = torch.linalg.cholesky(cap)
