@@ -154,7 +154,7 @@ class TorusGramInverse:
         return solved[:, :, :height, :width].reshape(m, -1)
 
     def _core(self, torus: torch.Tensor, channel: int | None = None) -> torch.Tensor:
-        """``(wa T + gamma I)^-1`` on whole-torus images [m, C (or 1 with ``channel``), N_h, N_w] -> [m, C, N_h, N_w]."""
+        """``(wa T + gamma I)^-1`` on whole-torus images [m, C (1 with ``channel``), N_h, N_w] -> [m, C, N_h, N_w]."""
         channels = self.input_shape[0]
         (sh, sw), mh, mw, m = self.stride, self.mh, self.mw, torus.shape[0]
         given = torus.shape[1]
