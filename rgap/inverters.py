@@ -453,7 +453,8 @@ class Conv2dInverter(LayerInverter):
         itself is computed once per weights (``rgap.weightcache``: it does not depend on the image)."""
         if self.n > CACHED_GRAM_LIMIT:
             return self.weight_gram(like)
-        key = weightcache.weight_key(self.layer.weight, "weight_gram", self.input_shape, self.output_shape,
+        key = weightcache.weight_key(self.weight(like), "weight_gram", type(self).__name__, self.input_shape,
+                                     self.output_shape,
                                      self.stride, self.padding, str(like.dtype), str(like.device))
         return weightcache.cached(key, lambda: self.weight_gram(like)).clone()
 

@@ -340,7 +340,7 @@ class WeightBounds:
         if self.periodic > 0.0 or not allow_dense:
             return self.periodic
         if self.dense is None:
-            gram = inverter.weight_gram(inverter.layer.weight.detach().to(torch.float64))
+            gram = inverter.weight_gram(_float64_weight(inverter))
             bound = 0.0
             chol, info = torch.linalg.cholesky_ex(gram)
             if int(info) == 0:
@@ -364,17 +364,22 @@ class WeightBounds:
         return self.dense
 
 
+def _float64_weight(inverter: Conv2dInverter) -> torch.Tensor:
+    """The inverter's weight (``inverter.weight``) in float64 on the layer's device."""
+    return inverter.weight(torch.empty(0, dtype=torch.float64, device=inverter.layer.weight.device))
+
+
 def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
     """The ``WeightBounds`` of ``inverter``'s layer, cached per weights and geometry (``rgap.weightcache``)."""
-    weight = inverter.layer.weight.detach()
-    key = weightcache.weight_key(weight, "bounds", inverter.input_shape, inverter.output_shape, inverter.stride,
-                                 inverter.padding)
+    weight = _float64_weight(inverter)  # what the inverter uses (a wrapper may fold other layers into it)
+    key = weightcache.weight_key(weight, "bounds", type(inverter).__name__, inverter.input_shape,
+                                 inverter.output_shape, inverter.stride, inverter.padding)
     return weightcache.cached(key, lambda: _power_bounds(inverter))
 
 
 def _power_bounds(inverter: Conv2dInverter) -> WeightBounds:
     """lambda_max(A^T A) by power iteration from a seeded start, and the periodic lower bound of lambda_min."""
-    like = inverter.layer.weight.detach().to(torch.float64)
+    like = _float64_weight(inverter)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(inverter.input_shape, generator=gen, dtype=torch.float64).to(like.device)
     v /= torch.linalg.vector_norm(v)

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from rgap import models, preconditioners, structured
+from rgap import models, preconditioners, structured, weightcache
 from rgap.circulant import TorusGramInverse, border_free, periodic_lam_min
 from rgap.errors import UserInputError
 from rgap.inverters import Conv2dInverter, make_inverter
 from rgap.rank import rank_analysis
 from rgap.recursive import RGAP
 from rgap.solvers import SolveOptions, solve_gram
-from rgap.structured import conv_rank, solve_conv
+from rgap.structured import conv_rank, solve_conv, weight_bounds
 from rgap.trial import compute_shared_gradient
 
 DTYPE = torch.float64
@@ -310,3 +310,18 @@ def test_generic_solver_keeps_the_dense_path() -> None:
     fast = RGAP().reconstruct(shared)
     assert ":pre=" not in generic.info["rgap_layers"] and ":pre=" in fast.info["rgap_layers"]
     assert _rel(fast.reconstruction, generic.reconstruction) < 1e-8
+
+
+def test_weight_cache_follows_the_weight_values() -> None:
+    """Cached weight-only quantities are recomputed when a weight changes, and reused otherwise."""
+    weightcache.clear()
+    inv = _conv((2, 9, 9, 4, (3, 3), 2, 1), 24)
+    first = weight_bounds(inv)
+    assert weight_bounds(inv) is first
+    like = torch.zeros(1, dtype=DTYPE)
+    gram = inv._weight_gram_copy(like)
+    with torch.no_grad():
+        inv.layer.weight.mul_(2.0)
+    second = weight_bounds(inv)
+    assert second is not first and second.lam_max == pytest.approx(4.0 * first.lam_max, rel=1e-6)
+    assert torch.allclose(inv._weight_gram_copy(like), 4.0 * gram) and torch.allclose(inv.weight_gram(like), 4.0 * gram)
