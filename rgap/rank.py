@@ -38,7 +38,7 @@ from rgap.losses import get_loss, head_loss, reversed_labels
 from rgap.models import collect_shapes
 from rgap.network import Stage, parse_stages
 from rgap.solvers import RCOND, numerical_rank, singular_values_from_gram
-from rgap.structured import conv_rank
+from rgap.structured import SINGLE_THREAD_LIMIT, conv_rank, threads
 
 
 @dataclass
@@ -146,11 +146,12 @@ def rank_analysis(
     wanted = [numerical and c.x <= max_unknowns for c in counts]
     point = operating_point(work, stages, input_shape, seed) if any(wanted) else []
     rows = []
+    small = max(c.x for c in counts) <= SINGLE_THREAD_LIMIT and next(work.parameters()).device.type == "cpu"
     for i, (stage, inverter, c) in enumerate(zip(stages, inverters, counts, strict=True)):
         rank = deficiency = None
         if wanted[i]:
             start = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), threads(1 if small else None):  # small operations: one thread is faster
                 rank, route = layer_rank(inverter, *point[i])
             deficiency = c.x - rank
             if progress is not None:

@@ -11,8 +11,8 @@ block that every input channel shares (``K0``: one row per kernel weight of one 
 * **Rank** (:meth:`ConvSystem.null_space`), with the cut-off of ``rgap.solvers`` (eigenvalues of ``G`` above
   ``RCOND^2 lambda_max(G)``), from the same blocks: ``G >= wk I (x) B``, so a full-rank ``B`` settles it;
   otherwise ``null(G) = null(I (x) B) cap null(A)`` is found in the ``C m0``-dimensional null space of
-  ``I (x) B`` (``m0 = P - rank B``) from the eigen-decomposition of the reduced matrix ``N^T G N``; when that
-  space is too large, ``G >= wa A^T A`` and a lower bound of ``lambda_min(A^T A)`` settles a full rank: from
+  ``I (x) B`` (``m0 = P - rank B``) from the reduced matrix ``N^T G N`` (Cholesky certificate, else inertia
+  and inverse iteration); when that space is too large, ``G >= wa A^T A`` and a lower bound of ``lambda_min(A^T A)`` settles a full rank: from
   the periodic model when the layer has no border effects (``rgap.circulant.border_free``), else from a
   Cholesky certificate of the dense ``A^T A - mu I`` (weights only; both computed once per weights and cached).
   A rank-deficient layer gets the minimum-norm solution: the CG solution minus its projection on ``null(G)``
@@ -188,7 +188,7 @@ class ConvSystem:
         certify a full rank.
         """
         cut = self.cutoff()
-        lam, _ = self.block_range()
+        lam, _ = self.range_factors()
         rank_b = int(lam.numel())
         if rank_b == self.pixels:
             return NullSpace(self.n, None, "gradient-block")
@@ -206,7 +206,9 @@ class ConvSystem:
         return None
 
     def _reduced_null_space(self, cut: float) -> NullSpace:
-        """null(G) inside null(I (x) B): eigen-decomposition of ``N^T G N`` with ``N = I (x) N0``."""
+        """null(G) inside null(I (x) B) from ``R = N^T G N`` (``N = I (x) N0``, N0: B's null vectors): a Cholesky
+        factorisation of ``R - cut I`` certifies full rank; otherwise its inertia (LDL^T) counts the eigenvalues
+        at or below the cut and shifted inverse iteration finds their eigenvectors."""
         lam_all, vecs = self.block_eigen()
         null = self.wk * lam_all <= GAP * cut
         n0, lam0 = vecs[:, null], lam_all[null]  # [P, m0]
@@ -241,7 +243,7 @@ class ConvSystem:
     # -------------------------------------------------------------------------------- preconditioners
     def preconditioner(self) -> tuple[str, Preconditioner]:
         """``(name, apply)``: the preconditioner of ``rgap.preconditioners`` chosen for this layer's sizes."""
-        rank_b = int(self.block_range()[0].numel())
+        rank_b = int(self.range_factors()[0].numel())
         outputs = int(torch.Size(self.inverter.output_shape).numel())
         taps = self.inverter.kernel[0] * self.inverter.kernel[1]
         name = preconditioners.choose(self.channels, self.pixels, rank_b, outputs, taps, rank_b < self.pixels)
