@@ -12,9 +12,10 @@ block that every input channel shares (``K0``: one row per kernel weight of one 
   ``RCOND^2 lambda_max(G)``), from the same blocks: ``G >= wk I (x) B``, so a full-rank ``B`` settles it;
   otherwise ``null(G) = null(I (x) B) cap null(A)`` is found in the ``C m0``-dimensional null space of
   ``I (x) B`` (``m0 = P - rank B``) from the reduced matrix ``N^T G N`` (Cholesky certificate, else inertia
-  and inverse iteration); when that space is too large, ``G >= wa A^T A`` and a lower bound of ``lambda_min(A^T A)`` settles a full rank: from
-  the periodic model when the layer has no border effects (``rgap.circulant.border_free``), else from a
-  Cholesky certificate of the dense ``A^T A - mu I`` (weights only; both computed once per weights and cached).
+  and inverse iteration); when that space is too large, ``G >= wa A^T A`` and a lower bound of
+  ``lambda_min(A^T A)`` settles a full rank: from the periodic model when the layer has no border effects
+  (``rgap.circulant.border_free``), else from a Cholesky certificate of the dense ``A^T A - mu I`` (weights
+  only; both computed once per weights and cached).
   A rank-deficient layer gets the minimum-norm solution: the CG solution minus its projection on ``null(G)``
   (method ``pinv``, as the dense eigen-solve).
 """
