@@ -192,10 +192,12 @@ class TorusGramInverse:
         base = self._core(units.reshape(-1, channels, nh, nw)).reshape(channels, sh, sw, channels, nh, nw)
         c, rest = margin // (nh * nw), margin % (nh * nw)
         i, j = rest // nw, rest % nw
-        # entry (p, q) = [T^-1]_{q, p} = base[c_p, phase(p)][c_q, q - (p's stride cell)]
+        # entry (p, q) = [T^-1]_{q, p} = base[c_p, phase(p)][c_q, q - (p's stride cell)], one flat gather
+        source = ((c * sh + i % sh) * sw + j % sw) * channels  # [|m|]: p's (channel, phase) row block
         rows_i = (i.unsqueeze(0) - (sh * (i // sh)).unsqueeze(1)) % nh
         rows_j = (j.unsqueeze(0) - (sw * (j // sw)).unsqueeze(1)) % nw
-        block = base[c.unsqueeze(1), (i % sh).unsqueeze(1), (j % sw).unsqueeze(1), c.unsqueeze(0), rows_i, rows_j]
+        flat = ((source.unsqueeze(1) + c.unsqueeze(0)) * nh + rows_i) * nw + rows_j
+        block = base.reshape(-1)[flat.to(device)]
         self.margin_chol = torch.linalg.cholesky(0.5 * (block + block.T))
         self.margin = margin.to(device)
 
