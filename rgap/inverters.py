@@ -35,7 +35,7 @@ from rgap.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gr
 from rgap.structured import solve_conv
 
 #: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.weightcache``.
-CACHED_GRAM_LIMIT = 2048
+CACHED_GRAM_LIMIT = 1024
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 T = TypeVar("T")
 
 #: At most this many cached values per process.
-MAX_ENTRIES = 32
+MAX_ENTRIES = 16
 
 _CACHE: OrderedDict[tuple, object] = OrderedDict()
 
