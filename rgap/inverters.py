@@ -28,9 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgap import weightcache
 from rgap.core.errors import UnsupportedLayerError
 from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
-from rgap.solvers import Solution, SolveOptions, solve_gram
+from rgap.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gram
+from rgap.structured import solve_conv
+
+#: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.weightcache``.
+CACHED_GRAM_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,9 @@ class LinearInverter(LayerInverter):
             x = grad_w.reshape(k.numel(), self.n).T @ k / alpha
             return Solution(x, self.n, self.n, "direct")
         too_big = options is not None and self.n > options.dense_limit and w.shape[0] > options.dense_limit
+        structured = options is not None and options.solver == "structured"
+        if structured and z is not None and float(alpha) == 0.0 and w.shape[0] < self.n and not too_big:
+            return self._weight_constraints_min_norm(w, z)
         if z is None or float(alpha) == 0.0 or w.shape[0] >= self.n or too_big:
             return super().solve(k, grad_w, z, balance, options)
         # Blocks weighted as in ``block_weight``: trace(K^T K) = n |k|^2 and trace(A^T A) = |W|_F^2.
@@ -244,6 +252,15 @@ class LinearInverter(LayerInverter):
         small = w @ w.T + a * torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         correction = w.T @ torch.linalg.solve(small, w @ rhs)
         return Solution((rhs - correction) / a, self.n, self.n, "woodbury")
+
+    def _weight_constraints_min_norm(self, w: torch.Tensor, z: torch.Tensor) -> Solution:
+        """``k = 0`` on a wide layer: ``G = wa W^T W`` has rank at most n_out < n. Its minimum-norm solution
+        ``W^+ z`` and numerical rank (cut-off as ``pinv_solve``) from the n_out x n_out ``W W^T``."""
+        lam, vecs = torch.linalg.eigh(w @ w.T)
+        keep = lam > RCOND**2 * float(lam.max().clamp(min=0.0)) if lam.numel() else lam > 0
+        lam, vecs = lam[keep], vecs[:, keep]
+        x = w.T @ (vecs @ ((vecs.T @ z.reshape(-1)) / lam))
+        return Solution(x, int(keep.sum()), self.n, "pinv")
 
 
 @register_inverter(nn.Conv2d)
@@ -278,7 +295,7 @@ class Conv2dInverter(LayerInverter):
         """Matrix-free normal equations on patch matrices ``P = unfold(v)`` ([C*kh*kw, L]), see ``PatchProduct``.
 
         With ``Wm = W.reshape(F, C*kh*kw)`` and ``k`` as [F, L]: ``A v = Wm P``, ``K v = k P^T`` (= dl/dW) and
-        both adjoints are ``fold`` of a patch matrix, so ``G v = fold(wa (Wm^T Wm) P + wk (P k^T) k)``.
+        both adjoints are ``fold`` of a patch matrix, so ``G v = fold(wa Wm^T (Wm P) + wk (P k^T) k)``.
         Diagonals: ``diag(A^T A) = fold(colsum(Wm^2) 1^T)``, ``diag(K^T K) = fold(1 |k_o|^2)``.
         """
         k = k.to(torch.float64)
@@ -294,11 +311,25 @@ class Conv2dInverter(LayerInverter):
         diag_a = self._fold((wmat * wmat).sum(0).unsqueeze(1).expand(-1, kmat.shape[1]))
         wk, wa = (balance_weight(self.n, float(diag_k.sum())), balance_weight(self.n, float(diag_a.sum()))) \
             if balance else (1.0, 1.0)
-        patch_gram = wa * (wmat.T @ wmat)  # [C*kh*kw, C*kh*kw]
-        product = PatchProduct(self.input_shape, self.kernel, self.stride, self.padding, patch_gram,
-                               wk**0.5 * kmat)
+        product = PatchProduct(self.input_shape, self.kernel, self.stride, self.padding, wmat, wk**0.5 * kmat,
+                               weight_scale=wa)
         rhs = self._fold(wk * rhs_cols + wa * (wmat.T @ z.to(k).reshape(n_out, -1)))
         return NormalOperator(product, rhs, wk * diag_k + wa * diag_a, (wk, wa))
+
+    def solve(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False,
+        options: SolveOptions | None = None,
+    ) -> Solution:
+        """As the base class; with ``options.solver == "structured"`` and more than ``STRUCTURED_MIN`` unknowns,
+        the structured solve of ``rgap.structured`` (falls back to the dense path when it cannot decide the
+        rank of a layer small enough for it)."""
+        if options is not None and options.solver == "structured" and self.n > STRUCTURED_MIN:
+            solution = solve_conv(self, k, grad_w, z, balance, options)
+            if solution is not None:
+                solution.x = solution.x.to(k.dtype)
+                return solution
+            return solve_gram(*self.normal_equations(k, grad_w, z, balance))
+        return super().solve(k, grad_w, z, balance, options)
 
     def _channel_block(self, k: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """dl/dW[f, c, :, :] for single-channel ``images`` [N, H, W]: a dilated correlation with ``k``."""
@@ -313,10 +344,58 @@ class Conv2dInverter(LayerInverter):
         return self._channel_block(k, x).permute(1, 0, 2, 3)  # [F, C, kh, kw]
 
     def channel_matrix(self, k: torch.Tensor) -> torch.Tensor:
-        """K0: the gradient-constraint block shared by every input channel, (F*kh*kw) x (H*W)."""
+        """K0: the gradient-constraint block shared by every input channel, (F*kh*kw) x (H*W).
+
+        Row ``(f, a, b)`` holds ``k[f]`` scattered onto the pixels that tap ``(a, b)`` reads (index arithmetic,
+        no convolution of an identity basis).
+        """
         _, h, w = self.input_shape
-        basis = torch.eye(h * w, dtype=k.dtype, device=k.device).reshape(h * w, h, w)
-        return self._channel_block(k, basis).reshape(h * w, -1).T
+        n_out, taps = self.output_shape[0], self.kernel[0] * self.kernel[1]
+        pixels = self._tap_pixels(k.device)  # [taps, L], h*w on the zero padding
+        out = k.new_zeros(n_out, taps, h * w + 1)  # the last column collects the padding and is dropped
+        kmat = k.reshape(n_out, 1, -1).expand(-1, taps, -1)
+        out.scatter_(2, pixels.unsqueeze(0).expand(n_out, -1, -1), kmat)
+        return out[:, :, : h * w].reshape(n_out * taps, h * w)
+
+    def _tap_pixels(self, device: torch.device) -> torch.Tensor:
+        """[kh*kw, L] int64: the unpadded pixel each tap reads at each output position (H*W on the padding)."""
+        _, height, width = self.input_shape
+        (ph, pw), (kh, kw) = self.padding, self.kernel
+        hp, wp = height + 2 * ph, width + 2 * pw
+        pixels = height * width
+        remap = torch.full((hp, wp), float(pixels), dtype=torch.float64)
+        remap[ph : ph + height, pw : pw + width] = torch.arange(pixels, dtype=torch.float64).reshape(height, width)
+        return F.unfold(remap.reshape(1, 1, hp, wp), (kh, kw), stride=self.stride)[0].long().to(device)
+
+    def channel_weight_grams(self, like: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+        """The channel-diagonal blocks ``(A^T A)_cc`` of ``weight_gram``: [C, H*W, H*W] (index arithmetic).
+
+        With ``coefficients`` ([C]), only their combination ``sum_c coefficients[c] (A^T A)_cc``: [H*W, H*W].
+        """
+        channels, height, width = self.input_shape
+        taps, pixels = self.kernel[0] * self.kernel[1], height * width
+        weight = self.weight(like).reshape(self.layer.out_channels, channels, taps)
+        patch_gram = torch.einsum("fct,fcu->tuc", weight, weight).reshape(taps * taps, channels)
+        if coefficients is not None:
+            patch_gram = patch_gram @ coefficients.to(patch_gram).reshape(channels, 1)
+        patches = self._tap_pixels(torch.device("cpu")).T  # L x taps
+        rows, cols = patches[:, :, None].expand(-1, -1, taps), patches[:, None, :].expand(-1, taps, -1)
+        valid = ((rows < pixels) & (cols < pixels)).reshape(-1)
+        flat = (rows * pixels + cols).reshape(-1)[valid].to(like.device)
+        source = patch_gram.repeat(patches.shape[0], 1)[valid.to(like.device)]
+        grams = torch.zeros(pixels * pixels, source.shape[1], dtype=like.dtype, device=like.device)
+        grams.index_add_(0, flat, source)
+        if coefficients is not None:
+            return grams.reshape(pixels, pixels)
+        return grams.T.reshape(channels, pixels, pixels)
+
+    def channel_weight_traces(self, like: torch.Tensor) -> torch.Tensor:
+        """trace((A^T A)_cc) for every input channel c: [C] (tap norms times the outputs that see a pixel)."""
+        channels, height, width = self.input_shape
+        taps, pixels = self.kernel[0] * self.kernel[1], height * width
+        weight = self.weight(like).reshape(self.layer.out_channels, channels, taps)
+        seen = (self._tap_pixels(like.device) < pixels).sum(1).to(like.dtype)  # outputs per tap inside the image
+        return (weight * weight).sum(0) @ seen
 
     def gradient_matrix(self, k: torch.Tensor) -> torch.Tensor:
         channels, n_out, taps = self.input_shape[0], self.output_shape[0], self.kernel[0] * self.kernel[1]
@@ -369,6 +448,16 @@ class Conv2dInverter(LayerInverter):
         gram.index_add_(0, flat, source)
         return gram.reshape(pixels, pixels, channels, channels).permute(2, 0, 3, 1).reshape(self.n, self.n)
 
+    def _weight_gram_copy(self, like: torch.Tensor) -> torch.Tensor:
+        """A fresh copy of ``weight_gram``; for layers with at most ``CACHED_GRAM_LIMIT`` unknowns the Gram matrix
+        itself is computed once per weights (``rgap.weightcache``: it does not depend on the image)."""
+        if self.n > CACHED_GRAM_LIMIT:
+            return self.weight_gram(like)
+        key = weightcache.weight_key(self.weight(like), "weight_gram", type(self).__name__, self.input_shape,
+                                     self.output_shape,
+                                     self.stride, self.padding, str(like.dtype), str(like.device))
+        return weightcache.cached(key, lambda: self.weight_gram(like)).clone()
+
     def normal_equations(
         self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,7 +465,7 @@ class Conv2dInverter(LayerInverter):
         if z is None:
             return self.gradient_normal(k, grad_w)
         block, rhs = self._gradient_block(k, grad_w)
-        gram = self.weight_gram(k)
+        gram = self._weight_gram_copy(k)
         channels, pixels = self.input_shape[0], block.shape[0]
         wk, wa = 1.0, 1.0
         if balance:

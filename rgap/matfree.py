@@ -22,10 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 
 from rgap.solvers import Solution, SolveOptions
 
 PRECONDITIONERS = ("jacobi", "none")
+#: ``PatchProduct`` uses ``F.unfold`` / ``F.fold`` for patch matrices of at most this many bytes.
+COMPACT_BYTES = 1 << 20
 
 
 @dataclass
@@ -60,53 +63,97 @@ class CGResult:
 
 
 class PatchProduct:
-    """``v -> fold(M P + (P R^T) R)`` with ``P = unfold(v)`` for one convolution geometry, allocation-free.
+    """``v -> fold(wa Wm^T Wm P + (P R^T) R) + (I (x) Bc) v`` with ``P = unfold(v)``, allocation-free.
 
-    ``P`` is the [C*kh*kw, L] patch matrix of the zero-padded input (``F.unfold``'s layout), ``M`` a
-    [C*kh*kw, C*kh*kw] matrix (or None) and ``R`` an [F, L] matrix; ``fold`` is the adjoint of ``unfold``
-    restricted to the unpadded input. im2col is a strided copy into a fixed buffer and col2im one in-place
-    strided add per kernel tap, so repeated products allocate nothing large.
+    ``P`` is the [C*kh*kw, L] patch matrix of the zero-padded input (``F.unfold``'s layout), ``Wm`` the
+    [F, C*kh*kw] weight matrix (or None), scaled by ``weight_scale`` (``wa``), ``R`` an [F, L] matrix (or None)
+    and ``Bc`` a [P, P] block applied to every input channel (or None, set by ``use_channel_block``); ``fold``
+    is the adjoint of ``unfold`` restricted to the unpadded input. The weight term is one product by the
+    precomputed ``wa Wm^T Wm`` or two by ``Wm``, whichever is cheaper. For large layers im2col is a strided
+    copy into a fixed buffer and col2im one in-place strided add per kernel tap, so repeated products allocate
+    nothing large; layers whose patch matrix is at most ``COMPACT_BYTES`` use ``F.unfold`` / ``F.fold``
+    (faster there, and their small temporaries do not fragment the heap).
     """
 
     def __init__(self, input_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
-                 padding: tuple[int, int], patch_matrix: torch.Tensor | None, right: torch.Tensor) -> None:
+                 padding: tuple[int, int], weight: torch.Tensor | None, right: torch.Tensor | None,
+                 weight_scale: float = 1.0) -> None:
         channels, height, width = input_shape
         (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
         hp, wp = height + 2 * ph, width + 2 * pw
         self.ho, self.wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-        self.kernel, self.stride, self.input_shape = kernel, stride, (channels, height, width)
-        like = right
-        self.padded = torch.zeros(channels, hp, wp, dtype=like.dtype, device=like.device)
+        self.kernel, self.stride, self.padding, self.input_shape = kernel, stride, padding, (channels, height, width)
+        like = right if right is not None else weight
+        dtype, device = like.dtype, like.device
+        cols = channels * kh * kw
+        self.padded = torch.zeros(channels, hp, wp, dtype=dtype, device=device)
         self.interior = self.padded[:, ph : ph + height, pw : pw + width]
         self.windows = self.padded.as_strided(
             (channels, kh, kw, self.ho, self.wo), (hp * wp, wp, 1, sh * wp, sw), self.padded.storage_offset()
         )
-        self.patches = torch.empty(channels * kh * kw, self.ho * self.wo, dtype=like.dtype, device=like.device)
+        self.patches = torch.empty(cols, self.ho * self.wo, dtype=dtype, device=device)
         self.cols = torch.empty_like(self.patches)
-        self.small = torch.empty(channels * kh * kw, right.shape[0], dtype=like.dtype, device=like.device)
         self.out_padded = torch.zeros_like(self.padded)
         self.out_interior = self.out_padded[:, ph : ph + height, pw : pw + width]
-        self.out = torch.empty(channels * height * width, dtype=like.dtype, device=like.device)
-        self.patch_matrix, self.right = patch_matrix, right
+        self.out = torch.empty(channels * height * width, dtype=dtype, device=device)
+        self.right, self.channel_block = right, None
+        self.small = None if right is None else torch.empty(cols, right.shape[0], dtype=dtype, device=device)
+        self.patch_matrix = self.weight = self.outputs = None
+        if weight is not None:
+            if cols <= 2 * weight.shape[0]:  # (C kh kw)^2 L <= 2 F (C kh kw) L
+                self.patch_matrix = weight_scale * (weight.T @ weight)
+            else:
+                self.weight = weight
+                self.scaled_weight_t = weight_scale * weight.T
+                self.outputs = torch.empty(weight.shape[0], self.ho * self.wo, dtype=dtype, device=device)
+
+    def use_channel_block(self, block: torch.Tensor) -> None:
+        """Apply the gradient term as ``(I (x) block) v`` on the unpadded input instead of ``(P R^T) R``."""
+        self.channel_block, self.right, self.small = block, None, None
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         channels, height, width = self.input_shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
-        self.interior.copy_(v.reshape(channels, height, width))
-        self.patches.view(channels, kh, kw, self.ho, self.wo).copy_(self.windows)
-        torch.mm(self.patches, self.right.T, out=self.small)
-        if self.patch_matrix is None:
-            torch.mm(self.small, self.right, out=self.cols)
+        compact = self.patches.numel() * self.patches.element_size() <= COMPACT_BYTES
+        if compact:
+            patches = F.unfold(v.reshape(1, channels, height, width), self.kernel, padding=self.padding,
+                               stride=self.stride)[0]
         else:
-            torch.mm(self.patch_matrix, self.patches, out=self.cols)
-            self.cols.addmm_(self.small, self.right)
-        cols = self.cols.view(channels, kh, kw, self.ho, self.wo)
-        self.out_padded.zero_()
-        for i in range(kh):
-            for j in range(kw):
-                rows = slice(i, i + sh * (self.ho - 1) + 1, sh)
-                self.out_padded[:, rows, j : j + sw * (self.wo - 1) + 1 : sw].add_(cols[:, i, j])
-        self.out.view(channels, height, width).copy_(self.out_interior)
+            self.interior.copy_(v.reshape(channels, height, width))
+            patches = self.patches
+            patches.view(channels, kh, kw, self.ho, self.wo).copy_(self.windows)
+        started = False
+        if self.patch_matrix is not None:
+            torch.mm(self.patch_matrix, patches, out=self.cols)
+            started = True
+        elif self.weight is not None:
+            torch.mm(self.weight, patches, out=self.outputs)
+            torch.mm(self.scaled_weight_t, self.outputs, out=self.cols)
+            started = True
+        if self.right is not None:
+            torch.mm(patches, self.right.T, out=self.small)
+            if started:
+                self.cols.addmm_(self.small, self.right)
+            else:
+                torch.mm(self.small, self.right, out=self.cols)
+                started = True
+        out = self.out.view(channels, height * width)
+        if started and compact:
+            folded = F.fold(self.cols.unsqueeze(0), (height, width), self.kernel, padding=self.padding,
+                            stride=self.stride)
+            out.copy_(folded.reshape(channels, height * width))
+        elif started:
+            cols = self.cols.view(channels, kh, kw, self.ho, self.wo)
+            self.out_padded.zero_()
+            for i in range(kh):
+                for j in range(kw):
+                    rows = slice(i, i + sh * (self.ho - 1) + 1, sh)
+                    self.out_padded[:, rows, j : j + sw * (self.wo - 1) + 1 : sw].add_(cols[:, i, j])
+            self.out.view(channels, height, width).copy_(self.out_interior)
+        if started and self.channel_block is not None:
+            out.addmm_(v.reshape(channels, height * width), self.channel_block)
+        elif not started:
+            torch.mm(v.reshape(channels, height * width), self.channel_block, out=out)
         return self.out
 
 
@@ -116,10 +163,12 @@ def balance_weight(n: int, trace: float) -> float:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-                       inv_diag: torch.Tensor | None, tol: float, maxiter: int) -> CGResult:
+                       inv_diag: torch.Tensor | None, tol: float, maxiter: int,
+                       precondition: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CGResult:
     """Preconditioned CG for the symmetric positive semi-definite system ``G x = rhs`` from ``x = 0``.
 
-    ``inv_diag`` multiplies the residual (diagonal preconditioner; None: plain CG). Stops when the
+    ``inv_diag`` multiplies the residual (diagonal preconditioner; None: plain CG); ``precondition``, when
+    given instead, applies a symmetric positive definite preconditioner ``M^-1`` to it. Stops when the
     recursively updated residual satisfies ``|r| <= tol |rhs|``, after ``maxiter`` iterations, or on
     breakdown (``p^T G p <= 0``: the search direction lies in the null space). On a consistent singular
     system plain CG converges to the minimum-norm solution.
@@ -132,6 +181,8 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torc
     betas: list[torch.Tensor] = []
     r = rhs.clone()
     zvec = r if inv_diag is None else r * inv_diag
+    if precondition is not None:
+        zvec = precondition(r)
     p = zvec.clone()
     rz = torch.dot(r, zvec)
     converged = False
@@ -149,7 +200,9 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torc
         if rnorm <= tol * bnorm:
             converged = True
             break
-        if inv_diag is not None:
+        if precondition is not None:
+            zvec = precondition(r)
+        elif inv_diag is not None:
             torch.mul(r, inv_diag, out=zvec)
         rz_new = torch.dot(r, zvec)
         beta = rz_new / rz

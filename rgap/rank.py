@@ -30,8 +30,10 @@ from torch import nn
 
 from rgap.attack.losses import get_loss, head_loss, reversed_labels
 from rgap.composite import make_stage_inverter
+from rgap.inverters import Conv2dInverter, LayerInverter, LinearInverter
 from rgap.network import Stage, collect_shapes, format_problems, read_stages
-from rgap.solvers import numerical_rank, singular_values_from_gram
+from rgap.solvers import RCOND, numerical_rank, singular_values_from_gram
+from rgap.structured import SINGLE_THREAD_LIMIT, conv_rank, threads
 
 
 @dataclass
@@ -127,11 +129,12 @@ def rank_analysis(
     dropout in training mode makes it ``unsupported`` (counts only, see :func:`count_only`).
 
     The numerical rank is that of the stacked system [K; A] with gradient and weight constraints (top layer
-    included), taken from the singular values of its Gram matrix ``G = K^T K + A^T A`` built by the layer's
-    inverter, with the cut-off ``rgap.solvers.RCOND``. The model is copied and cast to float64; the original
-    is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical`` is False and for layers
-    with more than ``max_unknowns`` unknowns (their dense Gram matrix and eigendecomposition would be costly).
-    ``progress`` is called once per layer with a short line (layer, rank, seconds).
+    included): the number of eigenvalues of its Gram matrix ``G = K^T K + A^T A`` above ``RCOND^2`` times the
+    largest (``rgap.solvers.RCOND``), found as ``layer_rank`` says (structured factorisations where they decide
+    it, as the structured solver; a dense eigen-decomposition of ``G`` otherwise). The model is copied and cast
+    to float64; the original is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical``
+    is False and for layers with more than ``max_unknowns`` unknowns. ``progress`` is called once per layer
+    with a short line (e.g. ``conv2: rank 3188/3468 (0.4 s, reduced)``).
     """
     input_shape = tuple(int(s) for s in input_shape)
     work = copy.deepcopy(model).to(torch.float64)
@@ -146,20 +149,20 @@ def rank_analysis(
     wanted = [numerical and c.x <= max_unknowns for c in counts]
     point = operating_point(work, stages, input_shape, seed) if any(wanted) else []
     rows = []
+    small = max(c.x for c in counts) <= SINGLE_THREAD_LIMIT and next(work.parameters()).device.type == "cpu"
     for i, (stage, inverter, c) in enumerate(zip(stages, inverters, counts, strict=True)):
         rank = deficiency = None
-        started = time.perf_counter()
         if wanted[i]:
-            k, grad_w, z = point[i]
-            with torch.no_grad():
-                gram, _ = inverter.normal_equations(k, grad_w, z)
-            rank = numerical_rank(singular_values_from_gram(gram))
+            start = time.perf_counter()
+            with torch.no_grad(), threads(1 if small else None):  # small operations: one thread is faster
+                rank, route = layer_rank(inverter, *point[i])
             deficiency = c.x - rank
-            del gram
+            if progress is not None:
+                progress(f"{stage.name}: rank {rank}/{c.x} ({time.perf_counter() - start:.1f} s, {route})")
+        elif progress is not None:
+            why = "not computed (numerical=false)" if not numerical else f"not computed ({c.x} unknowns > max_unknowns)"
+            progress(f"{stage.name}: rank {why}")
         index_v = indices[i] - virtual[i]
-        if progress is not None:
-            found = f"rank {rank}/{c.x}" if rank is not None else f"{c.x} unknowns, rank not computed"
-            progress(f"{stage.name}: {found} ({time.perf_counter() - started:.1f} s)")
         rows.append(
             LayerRank(
                 layer=stage.name,
@@ -180,6 +183,27 @@ def rank_analysis(
             )
         )
     return rows
+
+
+def layer_rank(inverter: LayerInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor) -> tuple[int, str]:
+    """Numerical rank of one layer's unweighted ``G = K^T K + A^T A`` and the route that decided it.
+
+    Conv2d: the structured null space of ``rgap.structured`` (the solver's factorisations). Linear with
+    ``k != 0``: ``G = |k|^2 I + W^T W`` has every eigenvalue in ``[|k|^2, |k|^2 + |W|_F^2]``, so it has full rank
+    when ``|k|^2 > RCOND^2 (|k|^2 + |W|_F^2)``. Otherwise (no structured route decides it): the eigenvalues
+    of the dense ``G`` (``dense``).
+    """
+    if isinstance(inverter, Conv2dInverter):
+        null = conv_rank(inverter, k, grad_w, z)
+        if null is not None:
+            return null.rank, null.route
+    elif isinstance(inverter, LinearInverter):
+        alpha = float((k * k).sum())
+        weight = inverter.weight(k)
+        if alpha > RCOND**2 * (alpha + float((weight * weight).sum())):
+            return inverter.n, "closed form"
+    gram, _ = inverter.normal_equations(k, grad_w, z)
+    return numerical_rank(singular_values_from_gram(gram)), "dense"
 
 
 def stage_note(stage: Stage) -> str:

@@ -10,6 +10,10 @@ import torch
 
 #: Singular values of the stacked system below ``RCOND * sigma_max`` count as zero (rank deficiency).
 RCOND = 1e-7
+#: How layers are solved (``SolveOptions.solver``).
+SOLVERS = ("structured", "generic")
+#: With ``solver="structured"``, Conv2d layers with at most this many unknowns stay on the dense path (faster there).
+STRUCTURED_MIN = 1024
 
 
 @dataclass(frozen=True)
@@ -21,12 +25,18 @@ class SolveOptions:
     normal equations to a relative residual ``cg_tol`` (at most ``cg_maxiter`` iterations), see
     ``rgap.matfree``. ``preconditioner`` is ``"jacobi"`` (diagonal of the normal matrix) or ``"none"``; only
     ``"none"`` returns the minimum-norm solution of a rank-deficient layer (as the dense path does).
+
+    ``solver="structured"`` sends Conv2d layers with more than ``STRUCTURED_MIN`` unknowns, at any size, to
+    ``rgap.structured`` instead: CG preconditioned by the layer's channel and convolution structure (to
+    ``cg_tol``, at most ``cg_maxiter`` iterations), with the numerical rank and the minimum-norm solution of a
+    rank-deficient layer from structured factorisations; ``"generic"`` is the path described above.
     """
 
     dense_limit: int = 4096
     cg_tol: float = 1e-12
     cg_maxiter: int = 20000
     preconditioner: str = "none"
+    solver: str = "generic"
 
 
 @dataclass
@@ -34,9 +44,11 @@ class Solution:
     """Result of one layer solve: ``x`` plus how it was obtained.
 
     ``method`` is "cholesky", "woodbury", "direct", "pinv" (minimum-norm solution of a rank-deficient
-    system) or "cg" (matrix-free conjugate gradients, ``rgap.matfree``). CG does not compute the rank: it
-    reports ``rank = n`` with ``rank_computed = False``, plus ``iterations``, the final relative residual
-    ``|b - G x| / |b|`` of the normal equations (recomputed, not CG's recursive estimate), ``converged``
+    system) or "cg" (matrix-free conjugate gradients, ``rgap.matfree``). Plain CG does not compute the rank: it
+    reports ``rank = n`` with ``rank_computed = False``; the structured path (``rgap.structured``, which names
+    its ``preconditioner``) computes it where a structured route exists. CG reports ``iterations``, the final
+    relative residual ``|b - G x| / |b|`` of the normal equations (recomputed, not CG's recursive estimate),
+    ``converged``
     (False: ``cg_maxiter`` was reached or CG broke down, and ``x`` is the last iterate) and ``cond``, the
     condition number of the (preconditioned) normal matrix estimated from CG's Lanczos tridiagonal matrix
     (a lower bound).
@@ -51,6 +63,7 @@ class Solution:
     residual: float | None = None
     cond: float | None = None
     converged: bool | None = None
+    preconditioner: str | None = None
 
 
 def singular_values_from_gram(gram: torch.Tensor) -> np.ndarray:

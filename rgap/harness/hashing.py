@@ -123,8 +123,13 @@ def _v1_attack_options(attack: dict[str, Any]) -> None:
     as iDLG's code checks it, so it is a different run). Inverting Gradients' ``decay`` was a boolean: ``true`` was
     today's ``fractions`` schedule and ``false`` is ``none`` (single restart only: the winner of several restarts is
     now picked by another score). Today's default ``decay: reference`` has no version-1 equivalent, so those trials
-    run again, as they must: their numbers changed.
+    run again, as they must: their numbers changed. R-GAP's ``solver: generic`` with ``cg_tol: 1e-12`` is version
+    1's solver; today's default ``structured`` solver (and ``cg_tol: 1e-13``) round differently, so those run again.
     """
+    if "solver" in attack:  # R-GAP: version 1 had only today's generic solver, with cg_tol 1e-12
+        if attack["solver"] != "generic" or attack.get("cg_tol") != 1e-12:
+            return
+        del attack["solver"]
     if attack.get("early_stop") == 0:
         attack["tolerance"] = attack.pop("early_stop")
     if "decay" in attack and attack.get("restarts", 1) == 1 and attack["decay"] in ("fractions", "none"):

@@ -1,0 +1,328 @@
+"""The structured solver (``rgap.structured``, ``rgap.preconditioners``, ``rgap.circulant``) against dense references.
+
+References are independent of the structured code: dense stacked systems ``[K; A]`` from autograd Jacobians
+of the real ``nn.Conv2d`` / ``nn.Linear`` modules, solved by ``torch.linalg.lstsq`` / ``torch.linalg.pinv``,
+ranks by ``torch.linalg.matrix_rank``, and the dense path of the inverters (``solve_gram``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rgap import preconditioners, structured, weightcache
+from rgap.circulant import TorusGramInverse, border_free, periodic_lam_min
+from rgap.client.gradient import compute_shared_gradient
+from rgap.core.errors import UserInputError
+from rgap.inverters import Conv2dInverter, make_inverter
+from rgap.rank import rank_analysis
+from rgap.recursive import RGAP
+from rgap.solvers import SolveOptions, solve_gram
+from rgap.structured import conv_rank, solve_conv, weight_bounds
+from rgap.zoo import models
+
+DTYPE = torch.float64
+STRUCTURED = SolveOptions(solver="structured", cg_tol=1e-14)
+
+# (in_channels, height, width, out_channels, kernel, stride, padding)
+FULL_RANK = [
+    (2, 6, 6, 4, (3, 3), 1, 1),
+    (3, 9, 9, 5, (4, 4), 2, 2),
+    (2, 8, 7, 6, (3, 3), 2, 1),
+    (4, 7, 7, 6, (3, 3), 1, 1),
+    (2, 9, 8, 8, (3, 3), 3, 2),
+]
+# Rank-deficient with weight constraints: few filters on a strided conv, and stride > kernel (unseen pixels).
+DEFICIENT = [
+    (4, 9, 9, 1, (3, 3), 2, 1),
+    (3, 10, 9, 4, (3, 3), 3, 0),
+    (6, 7, 7, 1, (2, 2), 2, 0),
+]
+
+
+def _conv(cfg: tuple, seed: int) -> Conv2dInverter:
+    c, h, w, f, kernel, stride, padding = cfg
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(c, f, kernel, stride=stride, padding=padding, bias=False).to(DTYPE)
+    with torch.no_grad():
+        out_shape = tuple(layer(torch.zeros(1, c, h, w, dtype=DTYPE)).shape[1:])
+    return make_inverter(layer, (c, h, w), out_shape)
+
+
+def _data(inv, seed: int, noise: float) -> dict:
+    """Random x, k; g = dl/dW(x) and z = A x, optionally perturbed (inconsistent: a least-squares problem)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(inv.input_shape, generator=gen, dtype=DTYPE)
+    k = torch.randn(inv.output_shape, generator=gen, dtype=DTYPE)
+    g = inv.weight_gradient(k, x)
+    z = inv.forward(x)
+    g = g + noise * torch.randn(g.shape, generator=gen, dtype=DTYPE) * g.abs().mean()
+    z = z + noise * torch.randn(z.shape, generator=gen, dtype=DTYPE) * z.abs().mean()
+    return {"x": x.reshape(-1), "k": k, "g": g, "z": z}
+
+
+def _stacked(inv, data: dict, balance: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted stacked system ``[sqrt(wk) K; sqrt(wa) A]`` from autograd Jacobians (no inverter code)."""
+    layer, k = inv.layer, data["k"]
+    x0 = torch.zeros(inv.input_shape, dtype=DTYPE)
+    weight = layer.weight.detach()
+
+    def forward(v: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, {"weight": weight}, (v.unsqueeze(0),))[0].reshape(-1)
+
+    def weight_grad(v: torch.Tensor) -> torch.Tensor:
+        w = weight.clone().requires_grad_(True)
+        out = torch.func.functional_call(layer, {"weight": w}, (v.unsqueeze(0),))[0]
+        return torch.autograd.grad((out * k).sum(), w, create_graph=True)[0].reshape(-1)
+
+    n = x0.numel()
+    jk = torch.autograd.functional.jacobian(weight_grad, x0).reshape(-1, n)
+    ja = torch.autograd.functional.jacobian(forward, x0).reshape(-1, n)
+    wk, wa = (n / float(jk.pow(2).sum()), n / float(ja.pow(2).sum())) if balance else (1.0, 1.0)
+    matrix = torch.cat([wk**0.5 * jk, wa**0.5 * ja])
+    values = torch.cat([wk**0.5 * data["g"].reshape(-1), wa**0.5 * data["z"].reshape(-1)])
+    return matrix, values
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+# ----------------------------------------------------------------------------------------- conv solves
+@pytest.mark.parametrize("cfg", FULL_RANK, ids=lambda c: f"c{c[0]}x{c[1]}x{c[2]}-f{c[3]}-s{c[5]}-p{c[6]}")
+@pytest.mark.parametrize("noise", [0.0, 0.01], ids=["consistent", "least-squares"])
+@pytest.mark.parametrize("balance", [True, False], ids=["balanced", "plain"])
+def test_structured_conv_matches_dense_full_rank(cfg: tuple, noise: float, balance: bool) -> None:
+    inv = _conv(cfg, 3)
+    data = _data(inv, 4, noise)
+    sol = solve_conv(inv, data["k"], data["g"], data["z"], balance, STRUCTURED)
+    matrix, values = _stacked(inv, data, balance)
+    expected = torch.linalg.lstsq(matrix, values.unsqueeze(1)).solution.reshape(-1)
+    dense = solve_gram(*inv.normal_equations(data["k"], data["g"], data["z"], balance))
+    assert int(torch.linalg.matrix_rank(matrix)) == inv.n
+    assert sol.method == "cg" and sol.converged and sol.rank_computed and sol.rank == inv.n
+    assert _rel(sol.x, expected) < 1e-9 and _rel(sol.x, dense.x) < 1e-9
+    if noise == 0.0:
+        assert _rel(sol.x, data["x"]) < 1e-9
+
+
+@pytest.mark.parametrize("cfg", DEFICIENT, ids=lambda c: f"c{c[0]}x{c[1]}x{c[2]}-f{c[3]}-s{c[5]}-p{c[6]}")
+@pytest.mark.parametrize("noise", [0.0, 0.01], ids=["consistent", "least-squares"])
+def test_structured_conv_rank_deficient_is_min_norm(cfg: tuple, noise: float) -> None:
+    inv = _conv(cfg, 5)
+    data = _data(inv, 6, noise)
+    matrix, values = _stacked(inv, data, True)
+    rank = int(torch.linalg.matrix_rank(matrix))
+    assert rank < inv.n  # the case is what it claims
+    sol = solve_conv(inv, data["k"], data["g"], data["z"], True, STRUCTURED)
+    expected = torch.linalg.pinv(matrix, rtol=1e-10) @ values
+    dense = solve_gram(*inv.normal_equations(data["k"], data["g"], data["z"], True))
+    assert (sol.method, sol.rank, sol.rank_computed, sol.converged) == ("pinv", rank, True, True)
+    assert dense.method == "pinv" and dense.rank == rank
+    assert _rel(sol.x, expected) < 1e-8 and _rel(sol.x, dense.x) < 1e-8
+
+
+@pytest.mark.parametrize("name", sorted(preconditioners.BUILDERS))
+@pytest.mark.parametrize("cfg", [FULL_RANK[1], FULL_RANK[3], DEFICIENT[0]], ids=["s2", "s1", "deficient"])
+def test_every_preconditioner_reaches_the_dense_solution(name: str, cfg: tuple,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each preconditioner forced on the same layers: CG converges to the dense (minimum-norm) solution."""
+    monkeypatch.setattr(preconditioners, "choose", lambda *args: name)
+    inv = _conv(cfg, 7)
+    data = _data(inv, 8, 0.01)
+    sol = solve_conv(inv, data["k"], data["g"], data["z"], True, STRUCTURED)
+    dense = solve_gram(*inv.normal_equations(data["k"], data["g"], data["z"], True))
+    assert sol.preconditioner == name and sol.converged and sol.rank == dense.rank
+    assert _rel(sol.x, dense.x) < 1e-8
+
+
+def test_gradient_constraints_only_is_channelwise_min_norm() -> None:
+    inv = _conv(DEFICIENT[1], 9)
+    data = _data(inv, 10, 0.0)
+    matrix, _ = _stacked(inv, data, False)
+    jk = matrix[: data["g"].numel()]
+    sol = solve_conv(inv, data["k"], data["g"], None, False, STRUCTURED)
+    expected = torch.linalg.pinv(jk, rtol=1e-10) @ data["g"].reshape(-1)
+    assert sol.rank == int(torch.linalg.matrix_rank(jk)) and _rel(sol.x, expected) < 1e-9
+
+
+def test_non_convergence_is_reported() -> None:
+    inv = _conv(FULL_RANK[1], 11)
+    data = _data(inv, 12, 0.01)
+    sol = solve_conv(inv, data["k"], data["g"], data["z"], True, SolveOptions(solver="structured", cg_maxiter=1))
+    assert sol.iterations == 1 and sol.converged is False and sol.residual > 1e-6
+
+
+def test_non_converged_layer_is_reported_in_the_attack_info() -> None:
+    """CNN6 at 24 px: conv layers above ``STRUCTURED_MIN`` unknowns take the structured path; capped CG says so."""
+    model = models.cnn6((3, 24, 24), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, 24, 24, generator=gen)
+    shared = compute_shared_gradient(model, images, torch.tensor([1]), label_mode="reversed")
+    layers = RGAP(cg_maxiter=1).reconstruct(shared).info["rgap_layers"].split()
+    structured_layers = [text for text in layers if ":pre=" in text]
+    assert structured_layers and all("NOT-converged" in text for text in structured_layers), layers
+    assert all("NOT-converged" not in text for text in layers if ":pre=" not in text)
+
+
+# ------------------------------------------------------------------------------------------ FC layers
+@pytest.mark.parametrize(("n_in", "n_out"), [(12, 3), (9, 9), (5, 11)])
+def test_linear_structured_matches_dense(n_in: int, n_out: int) -> None:
+    torch.manual_seed(n_in * n_out)
+    layer = nn.Linear(n_in, n_out, bias=False).to(DTYPE)
+    inv = make_inverter(layer, (n_in,), (n_out,))
+    data = _data(inv, 13, 0.01)
+    sol = inv.solve(data["k"], data["g"], data["z"], True, STRUCTURED)
+    matrix, values = _stacked(inv, data, True)
+    expected = torch.linalg.lstsq(matrix, values.unsqueeze(1)).solution.reshape(-1)
+    assert sol.rank == n_in and _rel(sol.x, expected) < 1e-9
+
+
+def test_linear_without_gradient_signal_is_min_norm() -> None:
+    """k = 0 on a wide layer: only ``W x = z`` (rank n_out < n_in); the structured path returns ``W^+ z``."""
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 4, bias=False).to(DTYPE)
+    inv = make_inverter(layer, (10,), (4,))
+    z = torch.randn(4, dtype=DTYPE)
+    k, g = torch.zeros(4, dtype=DTYPE), torch.zeros(4, 10, dtype=DTYPE)
+    sol = inv.solve(k, g, z, True, STRUCTURED)
+    dense = inv.solve(k, g, z, True)
+    expected = torch.linalg.pinv(layer.weight.detach()) @ z
+    assert (sol.method, sol.rank) == ("pinv", 4) and (dense.method, dense.rank) == ("pinv", 4)
+    assert _rel(sol.x, expected) < 1e-10 and _rel(sol.x, dense.x) < 1e-10
+
+
+# ------------------------------------------------------------------------------------------------ ranks
+@pytest.mark.parametrize("cfg", FULL_RANK + DEFICIENT, ids=lambda c: f"c{c[0]}x{c[1]}x{c[2]}-f{c[3]}-s{c[5]}")
+def test_structured_rank_matches_matrix_rank(cfg: tuple) -> None:
+    inv = _conv(cfg, 14)
+    data = _data(inv, 15, 0.0)
+    matrix, _ = _stacked(inv, data, False)
+    null = conv_rank(inv, data["k"], data["g"], data["z"])
+    assert null is not None and null.rank == int(torch.linalg.matrix_rank(matrix))
+    if null.basis is not None:  # an orthonormal basis of the null space of [K; A]
+        assert null.basis.shape == (inv.n, inv.n - null.rank)
+        assert float((matrix @ null.basis).abs().max()) < 1e-10 * float(matrix.abs().max())
+        assert torch.allclose(null.basis.T @ null.basis, torch.eye(inv.n - null.rank, dtype=DTYPE), atol=1e-10)
+
+
+def test_weight_certificate_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the reduced route disabled, a full-rank A certifies the rank from A^T A alone (once per weights)."""
+    monkeypatch.setattr(structured, "REDUCED_LIMIT", 0)
+    inv = _conv((1, 8, 8, 4, (3, 3), 1, 1), 16)  # |z| = 256 > n = 64; B has rank <= 36 < 64
+    data = _data(inv, 17, 0.0)
+    null = conv_rank(inv, data["k"], data["g"], data["z"])
+    assert null is not None and (null.rank, null.route) == (inv.n, "weights")
+    assert conv_rank(inv, data["k"], data["g"], data["z"], allow_weight_certificate=False) is None
+
+
+@pytest.mark.parametrize(("cfg", "free"), [((3, 16, 16, 12, (4, 4), 2, 2), True), ((2, 12, 12, 4, (3, 3), 1, 1), False),
+                                           ((2, 13, 13, 5, (3, 3), 2, 1), True), ((2, 12, 12, 5, (3, 3), 2, 1), False),
+                                           ((2, 12, 12, 6, (2, 2), 2, 0), True)])
+def test_periodic_lower_bound_of_the_weight_gram(cfg: tuple, free: bool) -> None:
+    """Border-free layers: lambda_min of the periodic Gram bounds lambda_min(A^T A) from below (dense reference)."""
+    inv = _conv(cfg, 21)
+    assert border_free(inv.input_shape, inv.kernel, inv.stride, inv.padding) == free
+    weight = inv.layer.weight.detach()
+    ja = torch.autograd.functional.jacobian(
+        lambda v: torch.nn.functional.conv2d(v.unsqueeze(0), weight, stride=inv.stride, padding=inv.padding)
+        .reshape(-1), torch.zeros(inv.input_shape, dtype=DTYPE)).reshape(-1, inv.n)
+    exact = float(torch.linalg.eigvalsh(ja.T @ ja)[0])
+    bound = periodic_lam_min(weight, inv.input_shape, inv.stride, inv.padding)
+    if free:
+        assert bound <= exact * (1 + 1e-9) + 1e-12
+
+
+def test_periodic_certificate_route() -> None:
+    """The first layer of CNN6 (4x4, stride 2, padding 2) is border-free: its full rank needs no dense A^T A."""
+    monkey_limit = structured.REDUCED_LIMIT
+    inv = _conv((3, 16, 16, 12, (4, 4), 2, 2), 22)
+    data = _data(inv, 23, 0.0)
+    matrix, _ = _stacked(inv, data, False)
+    try:
+        structured.REDUCED_LIMIT = 0
+        null = conv_rank(inv, data["k"], data["g"], data["z"], allow_weight_certificate=False)
+    finally:
+        structured.REDUCED_LIMIT = monkey_limit
+    assert null is not None and null.route == "periodic weights"
+    assert null.rank == inv.n == int(torch.linalg.matrix_rank(matrix))
+
+
+def test_rank_analysis_reports_progress_per_layer() -> None:
+    shape = (2, 7, 7)
+    model = models.conv_net(shape, [(4, 3, 2, 1), (3, 2, 1, 0)], hidden=[5], seed=1)
+    lines: list[str] = []
+    rows = rank_analysis(model, shape, progress=lines.append, max_unknowns=60)
+    assert len(lines) == len(rows) == 4
+    assert lines[0].startswith("conv1: rank not computed") and lines[2].startswith("fc1: rank 27/27")
+
+
+# ---------------------------------------------------------------------------------- periodic Gram inverse
+@pytest.mark.parametrize("cfg", [(2, 20, 19, 3, (3, 3), 1, 1), (3, 24, 24, 8, (4, 4), 2, 2),
+                                 (2, 23, 22, 6, (3, 3), 2, 1), (1, 22, 22, 4, (5, 5), 1, 2)],
+                         ids=["s1", "s2-k4", "s2-k3", "k5"])
+def test_torus_inverse_is_exact_away_from_the_border(cfg: tuple) -> None:
+    """For inputs supported a kernel size inside the image, ``A^T A`` equals the periodic Gram, so the
+    periodic inverse undoes ``wa A^T A + gamma`` exactly (forward model: the real convolution and its adjoint)."""
+    inv = _conv(cfg, 18)
+    c, h, w = inv.input_shape
+    margin = max(inv.kernel) + 1
+    gen = torch.Generator().manual_seed(19)
+    v = torch.zeros(c, h, w, dtype=DTYPE)
+    v[:, margin : h - margin, margin : w - margin] = torch.randn(c, h - 2 * margin, w - 2 * margin, generator=gen,
+                                                                  dtype=DTYPE)
+    wa, gamma = 0.7, 1e-3
+    torus = TorusGramInverse(inv.weight(v), inv.input_shape, inv.stride, inv.padding, wa, gamma)
+    image = wa * inv.input_vjp(inv.forward(v)) + gamma * v
+    assert _rel(torus(image.reshape(-1)), v.reshape(-1)) < 1e-12
+    mix = torch.rand(c, generator=gen, dtype=DTYPE)
+    single = TorusGramInverse(inv.weight(v), inv.input_shape, inv.stride, inv.padding, wa, gamma, mix=mix)
+    grams = inv.channel_weight_grams(v)  # (A^T A)_cc, checked against weight_gram below
+    plane = v[0].reshape(-1)
+    image = wa * sum(mix[i] * grams[i] for i in range(c)) @ plane + gamma * plane
+    assert _rel(single(image), plane) < 1e-12
+
+
+def test_channel_weight_grams_are_the_diagonal_blocks() -> None:
+    inv = _conv((3, 7, 8, 4, (3, 2), 2, 1), 20)
+    like = torch.zeros(1, dtype=DTYPE)
+    c, p = inv.input_shape[0], inv.input_shape[1] * inv.input_shape[2]
+    full = inv.weight_gram(like).reshape(c, p, c, p)
+    blocks = inv.channel_weight_grams(like)
+    assert all(torch.allclose(blocks[i], full[i, :, i, :], atol=1e-14) for i in range(c))
+    assert torch.allclose(inv.channel_weight_traces(like), blocks.diagonal(dim1=-2, dim2=-1).sum(-1))
+
+
+# -------------------------------------------------------------------------------------------- the option
+@pytest.mark.parametrize("value", ["fast", "", 1, None, math.nan, True], ids=repr)
+def test_solver_option_is_validated(value: object) -> None:
+    with pytest.raises(UserInputError, match="attack.solver"):
+        RGAP(solver=value)  # type: ignore[arg-type]
+
+
+def test_generic_solver_keeps_the_dense_path() -> None:
+    model = models.cnn6((3, 24, 24), seed=0)
+    images = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    shared = compute_shared_gradient(model, images, torch.tensor([0]), label_mode="reversed")
+    generic = RGAP(solver="generic").reconstruct(shared)
+    fast = RGAP().reconstruct(shared)
+    assert ":pre=" not in generic.info["rgap_layers"] and ":pre=" in fast.info["rgap_layers"]
+    assert _rel(fast.reconstruction, generic.reconstruction) < 1e-8
+
+
+def test_weight_cache_follows_the_weight_values() -> None:
+    """Cached weight-only quantities are recomputed when a weight changes, and reused otherwise."""
+    weightcache.clear()
+    inv = _conv((2, 9, 9, 4, (3, 3), 2, 1), 24)
+    first = weight_bounds(inv)
+    assert weight_bounds(inv) is first
+    like = torch.zeros(1, dtype=DTYPE)
+    gram = inv._weight_gram_copy(like)
+    with torch.no_grad():
+        inv.layer.weight.mul_(2.0)
+    second = weight_bounds(inv)
+    assert second is not first and second.lam_max == pytest.approx(4.0 * first.lam_max, rel=1e-6)
+    assert torch.allclose(inv._weight_gram_copy(like), 4.0 * gram) and torch.allclose(inv.weight_gram(like), 4.0 * gram)
