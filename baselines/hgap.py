@@ -1,6 +1,6 @@
 """The R-GAP/DLG hybrid: DLG's gradient matching started from R-GAP's closed-form reconstruction.
 
-R-GAP (``rgap.recursive.RGAP``) runs first, inside the timed attack; its reconstruction replaces DLG's noise
+R-GAP (``rgap.algorithm.recursive.RGAP``) runs first, inside the timed attack; its reconstruction replaces DLG's noise
 as the starting point, and L-BFGS then refines the input alone with the label R-GAP was given (the hybrid
 needs labels, as R-GAP does: ``labels_given`` is True). Where R-GAP is exact the refinement has nothing
 left to do; where it is not (rank-deficient layers, float32 or noisy gradients) DLG polishes its answer.
@@ -12,10 +12,10 @@ import torch
 
 from baselines.common import prepare
 from baselines.dlg import GradientMatching, _local_trace, _objective
+from rgap.algorithm.recursive import RGAP
 from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
 from rgap.attack.losses import get_loss
 from rgap.core.errors import UnsupportedError, UnsupportedInputError
-from rgap.recursive import RGAP
 
 
 class HGAP(GradientMatching, Attack):

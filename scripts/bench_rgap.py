@@ -19,10 +19,10 @@ import sys
 
 import torch
 
+from rgap.algorithm.recursive import RGAP
 from rgap.client.gradient import compute_shared_gradient
 from rgap.evaluation.metrics import image_metrics
 from rgap.harness.trial import timed_attack
-from rgap.recursive import RGAP
 from rgap.zoo import models
 from rgap.zoo.data import load_sample, load_sample_gray
 

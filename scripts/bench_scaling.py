@@ -46,12 +46,12 @@ def _vm_hwm_mb() -> float:
 
 def run_size(args: argparse.Namespace) -> dict:
     """One size in this process: attack ``args.images`` images and return timings, PSNRs and layer reports."""
-    import rgap.inverters as inverters
+    import rgap.algorithm.inverters as inverters
+    from rgap.algorithm.network import parse_stages
+    from rgap.algorithm.recursive import RGAP
     from rgap.client.gradient import compute_shared_gradient
     from rgap.evaluation.metrics import image_metrics
     from rgap.harness.trial import timed_attack
-    from rgap.network import parse_stages
-    from rgap.recursive import RGAP
     from rgap.zoo import models
     from rgap.zoo.data import load_sample
 

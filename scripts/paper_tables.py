@@ -10,7 +10,8 @@ module in ``scripts/reports/``:
 * ``table1`` (``reports.table1``): rows = attacks, columns = architectures; MSE (headline), PSNR, SSIM, LPIPS and
   time tables.
 * ``labels`` (``reports.labels``): DLG / iDLG label accuracy per dataset, next to the iDLG paper's Table 1.
-* ``rank`` (``reports.rank``): the rank analysis (``--rank-csv``, ``rgap.rank.rank_table`` rows with a ``model``
+* ``rank`` (``reports.rank``): the rank analysis (``--rank-csv``, ``rgap.algorithm.rank.rank_table`` rows with a
+``model``
   column) per model, joined with each attack's median PSNR, and whether the prediction agrees with what it achieved.
 * ``noise`` (``reports.noise``): median PSNR per defense level (``--param``, read from ``defense_params``) and attack.
 

@@ -21,8 +21,6 @@ LAYERS: dict[str, int] = {
     "rgap.core": 0,
     "rgap.attack": 1,
     "rgap.algorithm": 2,
-    **{f"rgap.{m}": 2 for m in ("recursive", "heads", "network", "activations", "inverters", "solvers", "matfree",
-                                "rank", "chainops", "composite", "verdict")},
     "baselines": 3,
     "rgap.client": 3,
     "rgap.zoo": 3,

@@ -16,12 +16,12 @@ import torch
 from stage_reference import DTYPE, Block, client, random_bn, reversed_label, sequential, stacked_reference
 from torch import nn
 
+from rgap.algorithm.composite import make_stage_inverter
+from rgap.algorithm.network import parse_stages
+from rgap.algorithm.recursive import RGAP
+from rgap.algorithm.solvers import SolveOptions
 from rgap.attack import SharedGradient
 from rgap.attack.losses import logistic_loss
-from rgap.composite import make_stage_inverter
-from rgap.network import parse_stages
-from rgap.recursive import RGAP
-from rgap.solvers import SolveOptions
 
 TOL = 1e-6
 COND_MAX = 1e4

@@ -1,4 +1,5 @@
-"""Reading models into R-GAP stages (rgap.network, rgap.chainops): nesting, modes, and every problem at once."""
+"""Reading models into R-GAP stages (rgap.algorithm.network, rgap.algorithm.chainops): nesting, modes, and every
+problem at once."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import torch
 from stage_reference import DTYPE, random_bn
 from torch import nn
 
+from rgap.algorithm.chainops import register_chain_op
+from rgap.algorithm.network import UnsupportedModelError, parse_stages, read_stages
+from rgap.algorithm.rank import rank_analysis
+from rgap.algorithm.recursive import RGAP
 from rgap.attack import SharedGradient
 from rgap.attack.losses import logistic_loss
-from rgap.chainops import register_chain_op
 from rgap.core.errors import UnsupportedError, UnsupportedLayerError, UserInputError
-from rgap.network import UnsupportedModelError, parse_stages, read_stages
-from rgap.rank import rank_analysis
-from rgap.recursive import RGAP
 
 SHAPE = (2, 6, 6)
 

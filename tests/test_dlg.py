@@ -22,12 +22,12 @@ from omegaconf import OmegaConf
 
 from baselines.dlg import DLG, IDLG, early_stop_interval, infer_labels
 from baselines.hgap import HGAP
+from rgap.algorithm.recursive import RGAP
 from rgap.attack import SharedGradient, TraceRecorder
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.config import instantiate_group
 from rgap.core.errors import UnsupportedInputError, UserInputError
 from rgap.harness.trial import run_trial
-from rgap.recursive import RGAP
 from rgap.zoo.models import conv_net
 from tests.conftest import CONF_DIR
 

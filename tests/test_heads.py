@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from rgap.algorithm.rank import rank_analysis
+from rgap.algorithm.recursive import RGAP
 from rgap.attack import SharedGradient
 from rgap.attack.losses import get_loss
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.errors import UnsupportedError, UnsupportedInputError, UnsupportedLayerError
 from rgap.harness.trial import run_trial
-from rgap.rank import rank_analysis
-from rgap.recursive import RGAP
 from rgap.zoo.models import conv_net, fcn3
 
 DTYPE = torch.float64

@@ -1,4 +1,4 @@
-"""Independent checks of the per-layer R-GAP constraint systems in ``rgap.inverters``.
+"""Independent checks of the per-layer R-GAP constraint systems in ``rgap.algorithm.inverters``.
 
 Every expected value is built from torch.autograd / torch.func on the real ``nn.Conv2d`` / ``nn.Linear``
 module and from dense linear algebra (``torch.linalg.pinv`` / ``lstsq``), never from the inverter itself.
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from rgap.algorithm.inverters import LayerInverter, LinearInverter, make_inverter
 from rgap.core.errors import UnsupportedLayerError
-from rgap.inverters import LayerInverter, LinearInverter, make_inverter
 
 DTYPE = torch.float64
 

@@ -1,4 +1,4 @@
-"""Matrix-free normal equations and conjugate gradients (``rgap.matfree``) against independent references.
+"""Matrix-free normal equations and conjugate gradients (``rgap.algorithm.matfree``) against independent references.
 
 References are dense Jacobians from ``torch.autograd.functional.jacobian`` of the real ``nn.Conv2d`` /
 ``nn.Linear`` modules (``K``: x -> dl/dW, ``A``: x -> layer(x)), dense eigen/least-squares solves, and the
@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgap.algorithm.inverters import Conv2dInverter, make_inverter
+from rgap.algorithm.matfree import conjugate_gradient, lanczos_cond, solve_normal
+from rgap.algorithm.recursive import RGAP
+from rgap.algorithm.solvers import SolveOptions
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.errors import UserInputError
 from rgap.evaluation.metrics import image_metrics
-from rgap.inverters import Conv2dInverter, make_inverter
-from rgap.matfree import conjugate_gradient, lanczos_cond, solve_normal
-from rgap.recursive import RGAP
-from rgap.solvers import SolveOptions
 from rgap.zoo import models
 from rgap.zoo.data import load_sample
 
@@ -128,7 +128,7 @@ def test_operator_buffers_are_reused_safely(case: dict) -> None:
 
 def test_operator_traces_match_block_weight(case: dict) -> None:
     """The balance weights from traces equal ``block_weight`` of the inverter's own dense Gram blocks."""
-    from rgap.inverters import block_weight
+    from rgap.algorithm.inverters import block_weight
 
     inv, k = case["inv"], case["k"]
     op = inv.normal_operator(k, case["g"], case["z"], balance=True)

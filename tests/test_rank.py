@@ -1,4 +1,4 @@
-"""Tests of rgap.rank: the counts of the paper's rank-analysis figure, CNN6 / CNN6-d numerical ranks, and a
+"""Tests of rgap.algorithm.rank: the counts of the paper's rank-analysis figure, CNN6 / CNN6-d numerical ranks, and a
 brute-force rank reference built independently from autograd Jacobians."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgap.algorithm.rank import LayerRank, rank_analysis, rank_table, total_params, virtual_constraints
 from rgap.attack.losses import logistic_loss
-from rgap.rank import LayerRank, rank_analysis, rank_table, total_params, virtual_constraints
 from rgap.zoo.models import cnn6, cnn6d, conv_net
 
 CIFAR = (3, 32, 32)

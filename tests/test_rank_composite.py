@@ -13,7 +13,7 @@ from custom_nets import bn_cnn, pool_cnn
 from stage_reference import DTYPE, Block, client, random_bn, reversed_label, sequential, stacked_reference
 from torch import nn
 
-from rgap.rank import rank_analysis
+from rgap.algorithm.rank import rank_analysis
 
 
 def _lrelu() -> nn.Module:

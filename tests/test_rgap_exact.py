@@ -1,4 +1,4 @@
-"""End-to-end exactness of the closed-form R-GAP reconstruction (``rgap.recursive.RGAP``).
+"""End-to-end exactness of the closed-form R-GAP reconstruction (``rgap.algorithm.recursive.RGAP``).
 
 The client side is simulated with plain torch.autograd; every expected value (true inputs, true output
 gradients ``k = dl/dz``, the dense per-layer systems ``[K; A]``, the twin root of the last-layer equation,
@@ -25,11 +25,11 @@ import scipy.optimize
 import torch
 from torch import nn
 
-from rgap.activations import IdentityActivation
+from rgap.algorithm.activations import IdentityActivation
+from rgap.algorithm.recursive import RGAP, last_layer_roots
 from rgap.attack import SharedGradient
 from rgap.attack.losses import logistic_loss
 from rgap.core.errors import UnsupportedError, UnsupportedInputError, UnsupportedLayerError
-from rgap.recursive import RGAP, last_layer_roots
 from rgap.zoo.models import cnn6, cnn6d
 
 DTYPE = torch.float64

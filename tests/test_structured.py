@@ -1,4 +1,5 @@
-"""The structured solver (``rgap.structured``, ``rgap.preconditioners``, ``rgap.circulant``) against dense references.
+"""The structured solver (``rgap.algorithm.structured``, ``rgap.algorithm.preconditioners``,
+``rgap.algorithm.circulant``) against dense references.
 
 References are independent of the structured code: dense stacked systems ``[K; A]`` from autograd Jacobians
 of the real ``nn.Conv2d`` / ``nn.Linear`` modules, solved by ``torch.linalg.lstsq`` / ``torch.linalg.pinv``,
@@ -13,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from rgap import preconditioners, structured, weightcache
-from rgap.circulant import TorusGramInverse, border_free, periodic_lam_min
+from rgap.algorithm import preconditioners, structured, weightcache
+from rgap.algorithm.circulant import TorusGramInverse, border_free, periodic_lam_min
+from rgap.algorithm.inverters import Conv2dInverter, make_inverter
+from rgap.algorithm.rank import rank_analysis
+from rgap.algorithm.recursive import RGAP
+from rgap.algorithm.solvers import SolveOptions, solve_gram
+from rgap.algorithm.structured import conv_rank, solve_conv, weight_bounds
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.errors import UserInputError
-from rgap.inverters import Conv2dInverter, make_inverter
-from rgap.rank import rank_analysis
-from rgap.recursive import RGAP
-from rgap.solvers import SolveOptions, solve_gram
-from rgap.structured import conv_rank, solve_conv, weight_bounds
 from rgap.zoo import models
 
 DTYPE = torch.float64

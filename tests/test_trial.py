@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
+from rgap.algorithm.recursive import RGAP
 from rgap.attack.losses import logistic_loss
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.errors import UserInputError
 from rgap.harness.schema import ROW_COLUMNS
 from rgap.harness.trial import run_trial, setup_trial
-from rgap.recursive import RGAP
 from rgap.zoo.models import cnn6
 
 

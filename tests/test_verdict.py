@@ -1,12 +1,12 @@
-"""rgap.verdict: per-layer verdicts in words from rank-table rows (a pure function of the rows)."""
+"""rgap.algorithm.verdict: per-layer verdicts in words from rank-table rows (a pure function of the rows)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from rgap.rank import LayerRank, rank_analysis
-from rgap.verdict import layer_verdict, layer_verdicts
+from rgap.algorithm.rank import LayerRank, rank_analysis
+from rgap.algorithm.verdict import layer_verdict, layer_verdicts
 
 
 def _row(layer: str, x: int, w: int, z: int, v: int, rank: int | None, **kw) -> LayerRank:

@@ -4,7 +4,8 @@
 analysis on it, then runs every attack of ``cfg.attacks`` on images ``0..images-1`` through
 :func:`rgap.harness.trial.run_trial` (each trial's row and PNGs under ``<out_dir>/trials/``), and writes
 ``audit.md`` (per-layer counts, ranks and verdicts; per-attack medians; the verdict paragraph) and ``audit.png``
-(a gallery). Every sentence of the verdict is derived from the numbers (``rgap.verdict``), never written per model.
+(a gallery). Every sentence of the verdict is derived from the numbers (``rgap.algorithm.verdict``), never written
+per model.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 from omegaconf import open_dict
 from torch import nn
 
+from rgap.algorithm.network import parse_stages
+from rgap.algorithm.rank import LayerRank, rank_analysis
+from rgap.algorithm.verdict import LayerVerdict, layer_verdicts
 from rgap.core.errors import UnsupportedLayerError, UserInputError
 from rgap.core.validation import as_choice, as_int, as_optional_int
 from rgap.harness.compose import attack_facts, attack_names, compose_config
 from rgap.harness.options import TrialOptions
 from rgap.harness.trial import cached_dataset, format_summary, run_trial
-from rgap.network import parse_stages
-from rgap.rank import LayerRank, rank_analysis
-from rgap.verdict import LayerVerdict, layer_verdicts
 from rgap.zoo.checkpoints import build_model
 from rgap.zoo.models import task_head
 

@@ -1,6 +1,7 @@
 """The rank analysis from a config (``python -m runners.rank``) and the ``rank_note`` of trials on checkpoints.
 
-The analysis itself (``rgap.rank.rank_analysis``) sees a model and an input shape; this module builds the model
+The analysis itself (``rgap.algorithm.rank.rank_analysis``) sees a model and an input shape; this module builds the
+model
 from ``conf/rank.yaml`` (or a trial's config) and its weights, and writes the table.
 """
 
@@ -15,9 +16,9 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from rgap.algorithm.rank import rank_analysis, rank_table
 from rgap.core.atomic import atomic_write_text
 from rgap.core.validation import as_bool, as_int, as_path, as_shape
-from rgap.rank import rank_analysis, rank_table
 from rgap.zoo.checkpoints import WeightsChoice, WeightsInfo, build_model, builder_config, instantiate_model
 from rgap.zoo.data import build_dataset
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rgap.algorithm.rank import total_params
 from rgap.core.atomic import atomic_write_text
 from rgap.core.errors import UserInputError
 from rgap.harness.compose import compose_config
 from rgap.harness.rank import run_rank_analysis
-from rgap.rank import total_params
 from rgap.zoo.checkpoints import build_model
 from scripts.reports.cells import EMPTY, Rendered, markdown_table
 from scripts.reports.paper_numbers import RANK_FIGURE_PARAMS
@@ -66,10 +66,10 @@ def write_rank_csv(path: Path, seed: int = 0, models: Sequence[str] = RANK_MODEL
 
 
 def load_rank_csv(path: str | Path | None) -> pd.DataFrame:
-    """The per-layer rank table (``rgap.rank.rank_table`` + ``model`` [+ ``total_params``]); checked."""
+    """The per-layer rank table (``rgap.algorithm.rank.rank_table`` + ``model`` [+ ``total_params``]); checked."""
     if path is None:
         raise UserInputError("the rank table and figure need --rank-csv PATH: the rank analysis of every model, "
-                             "one row per layer (rgap.rank.rank_table with a `model` column), e.g. the "
+                             "one row per layer (rgap.algorithm.rank.rank_table with a `model` column), e.g. the "
                              "rank_analysis.csv written by scripts.paper_offline.")
     path = Path(path)
     if not path.is_file():
@@ -77,8 +77,8 @@ def load_rank_csv(path: str | Path | None) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={"model": str, "layer": str, "predicted": str})
     missing = [c for c in RANK_REQUIRED if c not in frame.columns]
     if missing or frame.empty:
-        raise UserInputError(f"--rank-csv {path} lacks the columns {missing} or rows; expected rgap.rank.rank_table "
-                             "rows with a `model` column.")
+        raise UserInputError(f"--rank-csv {path} lacks the columns {missing} or rows; expected "
+                             "rgap.algorithm.rank.rank_table rows with a `model` column.")
     return frame
 
 
@@ -226,7 +226,7 @@ def render_rank(trials: pd.DataFrame, rank: pd.DataFrame, threshold: float) -> R
                "(its networks A-E are rankfig_a..rankfig_e); \"our |W|\" is our model's. Per layer, input layer "
                "first: the paper's count |x|-|W|-|z| (unknowns minus gradient and weight constraints) and the "
                "same minus the virtual constraints |V| carried up from the layer below (our reading of the "
-               "figure, rgap/rank.py); > 0 means fewer constraints than unknowns. \"numerical deficiency\": "
+               "figure, rgap/algorithm/rank.py); > 0 means fewer constraints than unknowns. \"numerical deficiency\": "
                "unknowns minus the numerical rank of each layer's stacked system [K; A] at a seeded random input "
                "(sum over layers, the deficient layers in brackets). \"predicted (count)\": deficient when a "
                "layer's count with |V| is > 0; \"predicted (numerical rank)\": deficient when a layer's system is "

@@ -23,11 +23,11 @@ class SolveOptions:
     Layers with at most ``dense_limit`` unknowns form the dense Gram matrix (Cholesky, or a minimum-norm
     eigen-solve when rank-deficient); larger layers are solved matrix-free by conjugate gradients on the
     normal equations to a relative residual ``cg_tol`` (at most ``cg_maxiter`` iterations), see
-    ``rgap.matfree``. ``preconditioner`` is ``"jacobi"`` (diagonal of the normal matrix) or ``"none"``; only
+    ``rgap.algorithm.matfree``. ``preconditioner`` is ``"jacobi"`` (diagonal of the normal matrix) or ``"none"``; only
     ``"none"`` returns the minimum-norm solution of a rank-deficient layer (as the dense path does).
 
     ``solver="structured"`` sends Conv2d layers with more than ``STRUCTURED_MIN`` unknowns, at any size, to
-    ``rgap.structured`` instead: CG preconditioned by the layer's channel and convolution structure (to
+    ``rgap.algorithm.structured`` instead: CG preconditioned by the layer's channel and convolution structure (to
     ``cg_tol``, at most ``cg_maxiter`` iterations), with the numerical rank and the minimum-norm solution of a
     rank-deficient layer from structured factorisations; ``"generic"`` is the path described above.
     """
@@ -44,8 +44,9 @@ class Solution:
     """Result of one layer solve: ``x`` plus how it was obtained.
 
     ``method`` is "cholesky", "woodbury", "direct", "pinv" (minimum-norm solution of a rank-deficient
-    system) or "cg" (matrix-free conjugate gradients, ``rgap.matfree``). Plain CG does not compute the rank: it
-    reports ``rank = n`` with ``rank_computed = False``; the structured path (``rgap.structured``, which names
+    system) or "cg" (matrix-free conjugate gradients, ``rgap.algorithm.matfree``). Plain CG does not compute the
+    rank: it
+    reports ``rank = n`` with ``rank_computed = False``; the structured path (``rgap.algorithm.structured``, which names
     its ``preconditioner``) computes it where a structured route exists. CG reports ``iterations``, the final
     relative residual ``|b - G x| / |b|`` of the normal equations (recomputed, not CG's recursive estimate),
     ``converged``

@@ -5,16 +5,16 @@ channels are ``G x = b``, ``G = wk I_C (x) B + wa A^T A``: ``B = K0^T K0`` (P x 
 block that every input channel shares (``K0``: one row per kernel weight of one channel, ``F kh kw`` rows) and
 ``A`` the convolution. Neither part needs an N x N matrix (N = C P):
 
-* **Solve**: conjugate gradients (``rgap.matfree.conjugate_gradient``; products by ``normal_operator``, with
+* **Solve**: conjugate gradients (``rgap.algorithm.matfree.conjugate_gradient``; products by ``normal_operator``, with
   the gradient term as ``(I (x) B) v`` when that is cheaper) preconditioned by one of the preconditioners of
-  ``rgap.preconditioners``, chosen from the layer's sizes.
-* **Rank** (:meth:`ConvSystem.null_space`), with the cut-off of ``rgap.solvers`` (eigenvalues of ``G`` above
+  ``rgap.algorithm.preconditioners``, chosen from the layer's sizes.
+* **Rank** (:meth:`ConvSystem.null_space`), with the cut-off of ``rgap.algorithm.solvers`` (eigenvalues of ``G`` above
   ``RCOND^2 lambda_max(G)``), from the same blocks: ``G >= wk I (x) B``, so a full-rank ``B`` settles it;
   otherwise ``null(G) = null(I (x) B) cap null(A)`` is found in the ``C m0``-dimensional null space of
   ``I (x) B`` (``m0 = P - rank B``) from the reduced matrix ``N^T G N`` (Cholesky certificate, else inertia
   and inverse iteration); when that space is too large, ``G >= wa A^T A`` and a lower bound of
   ``lambda_min(A^T A)`` settles a full rank: from the periodic model when the layer has no border effects
-  (``rgap.circulant.border_free``), else from a Cholesky certificate of the dense ``A^T A - mu I`` (weights
+  (``rgap.algorithm.circulant.border_free``), else from a Cholesky certificate of the dense ``A^T A - mu I`` (weights
   only; both computed once per weights and cached).
   A rank-deficient layer gets the minimum-norm solution: the CG solution minus its projection on ``null(G)``
   (method ``pinv``, as the dense eigen-solve).
@@ -25,18 +25,35 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
-from rgap import preconditioners, weightcache
-from rgap.circulant import border_free, periodic_lam_min
-from rgap.matfree import NormalOperator, conjugate_gradient, lanczos_cond
-from rgap.preconditioners import Preconditioner
-from rgap.solvers import RCOND, Solution, SolveOptions
+from rgap.algorithm import preconditioners, weightcache
+from rgap.algorithm.circulant import border_free, periodic_lam_min
+from rgap.algorithm.matfree import NormalOperator, conjugate_gradient, lanczos_cond
+from rgap.algorithm.preconditioners import Preconditioner
+from rgap.algorithm.solvers import RCOND, Solution, SolveOptions
 
-if TYPE_CHECKING:
-    from rgap.inverters import Conv2dInverter
+
+class Conv2dInverter(Protocol):
+    """What the structured solver reads of a conv layer's inverter (``rgap.algorithm.inverters.Conv2dInverter``
+    implements it; a protocol, so that the inverter may call this module without an import cycle)."""
+
+    layer: Any
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    n: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def weight(self, like: torch.Tensor) -> torch.Tensor: ...
+    def weight_gram(self, like: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+    def input_vjp(self, k: torch.Tensor) -> torch.Tensor: ...
+    def channel_matrix(self, k: torch.Tensor) -> torch.Tensor: ...
+    def normal_operator(self, *args: Any, **kwargs: Any) -> NormalOperator: ...
 
 #: Reduced rank problem ``N^T G N`` when null(I (x) B) has at most this many directions ...
 REDUCED_LIMIT = 2048
@@ -102,7 +119,7 @@ class ConvSystem:
         return self._lam_max
 
     def cutoff(self) -> float:
-        """Eigenvalues of G at or below this count as zero (as ``rgap.solvers.pinv_solve``)."""
+        """Eigenvalues of G at or below this count as zero (as ``rgap.algorithm.solvers.pinv_solve``)."""
         return RCOND**2 * self.lam_max()
 
     def _spectrum(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -243,7 +260,7 @@ class ConvSystem:
 
     # -------------------------------------------------------------------------------- preconditioners
     def preconditioner(self) -> tuple[str, Preconditioner]:
-        """``(name, apply)``: the preconditioner of ``rgap.preconditioners`` chosen for this layer's sizes."""
+        """``(name, apply)``: the preconditioner of ``rgap.algorithm.preconditioners`` chosen for this layer's sizes."""
         rank_b = int(self.range_factors()[0].numel())
         outputs = int(torch.Size(self.inverter.output_shape).numel())
         taps = self.inverter.kernel[0] * self.inverter.kernel[1]
@@ -324,7 +341,7 @@ class WeightBounds:
 
     ``lam_max``: lambda_max(A^T A) by power iteration (slightly low at worst; ``lam_max`` of ``ConvSystem``
     adds the gradient block's, which more than covers it). ``periodic``: a lower bound of lambda_min(A^T A) from
-    the periodic model (``rgap.circulant.periodic_lam_min``) when the torus adds no output window inside the
+    the periodic model (``rgap.algorithm.circulant.periodic_lam_min``) when the torus adds no output window inside the
     image (``border_free``: ``A^T A`` is then a principal submatrix of the periodic Gram), else 0. ``dense``:
     a certified lower bound from the dense ``A^T A`` (``certified_lam_min``), computed on first use.
     """
@@ -373,7 +390,8 @@ def _float64_weight(inverter: Conv2dInverter) -> torch.Tensor:
 
 
 def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
-    """The ``WeightBounds`` of ``inverter``'s layer, cached per weights and geometry (``rgap.weightcache``)."""
+    """The ``WeightBounds`` of ``inverter``'s layer, cached per weights and geometry
+    (``rgap.algorithm.weightcache``)."""
     weight = _float64_weight(inverter)  # what the inverter uses (a wrapper may fold other layers into it)
     key = weightcache.weight_key(weight, "bounds", type(inverter).__name__, inverter.input_shape,
                                  inverter.output_shape, inverter.stride, inverter.padding)

@@ -6,13 +6,13 @@ whether it is an ``nn.Sequential``, nested ``nn.Sequential``/``nn.ModuleList`` c
 Residual connections, operations in ``forward`` that are not modules (``torch.relu``, ``x + y``) and modules
 called twice are reported as such.
 
-A stage is one weight layer (``rgap.inverters``: ``Conv2d``, ``Linear``) with
+A stage is one weight layer (``rgap.algorithm.inverters``: ``Conv2d``, ``Linear``) with
 
-* ``pre``: the affine maps between the previous activation and the layer (``rgap.chainops``: eval-mode batch
+* ``pre``: the affine maps between the previous activation and the layer (``rgap.algorithm.chainops``: eval-mode batch
   norm, average pooling), composed with the layer: the stage's unknown ``x`` is the input of the first of them;
 * ``post``: eval-mode batch norms between the layer and its activation, folded into the layer's output per
   channel (``z = s * (W u + b) + t``): ``z`` is the stage's pre-activation and ``k = dl/dz``;
-* its activation (``rgap.activations``; identity when none follows).
+* its activation (``rgap.algorithm.activations``; identity when none follows).
 
 Pass-throughs (``Identity``, ``Flatten``, ``Unflatten``, eval-mode dropout) disappear.
 
@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rgap.activations import (
+from rgap.algorithm.activations import (
     ACTIVATION_REGISTRY,
     IdentityActivation,
     InvertibleActivation,
     invertible_activation,
     is_activation,
 )
-from rgap.chainops import (
+from rgap.algorithm.chainops import (
     ChainOp,
     ChannelAffine,
     fold_affine,
@@ -50,8 +50,8 @@ from rgap.chainops import (
     per_channel_scale,
     read_chain_op,
 )
+from rgap.algorithm.inverters import INVERTER_REGISTRY
 from rgap.core.errors import UnsupportedLayerError, UserInputError
-from rgap.inverters import INVERTER_REGISTRY
 
 Shape = tuple[int, ...]
 

@@ -1,9 +1,10 @@
-"""Preconditioners for CG on a Conv2d layer's normal equations ``G = wk I_C (x) B + wa A^T A`` (``rgap.structured``).
+"""Preconditioners for CG on a Conv2d layer's normal equations ``G = wk I_C (x) B + wa A^T A``
+(``rgap.algorithm.structured``).
 
-Each builder takes a :class:`rgap.structured.ConvSystem` and returns ``r -> M^-1 r`` for flat float64 ``r``:
+Each builder takes a :class:`rgap.algorithm.structured.ConvSystem` and returns ``r -> M^-1 r`` for flat float64 ``r``:
 
 * ``lowrank``: ``M = S^-1 + wk U Lam U^T`` with ``S`` the periodic Gram inverse of ``wa A^T A`` with every
-  channel coupling (``rgap.circulant``, slightly shifted) and ``U Lam U^T = I (x) B`` restricted to B's range
+  channel coupling (``rgap.algorithm.circulant``, slightly shifted) and ``U Lam U^T = I (x) B`` restricted to B's range
   (``C r0`` directions), inverted by the Woodbury identity. For layers with few input channels.
 * ``capacitance``: ``M = wk I (x) (B + delta I) + wa A^T A`` inverted exactly by the Woodbury identity over
   the weight constraints (an ``|z| x |z|`` capacitance matrix), ``delta`` a tiny shift that makes the
@@ -13,7 +14,7 @@ Each builder takes a :class:`rgap.structured.ConvSystem` and returns ``r -> M^-1
   channel-diagonal blocks of ``A^T A``, each normalised to unit mean eigenvalue) and ``a_c`` the mean
   eigenvalue of channel c's block: one generalised eigen-decomposition ``(B, Abar)`` diagonalises every block,
   so applying it is two products with a shared ``P x P`` matrix. Nearly as good as the exact channel blocks.
-* ``shared_torus``: ``shared`` with ``Abar`` replaced by its periodic model (``rgap.circulant``) and ``B`` by
+* ``shared_torus``: ``shared`` with ``Abar`` replaced by its periodic model (``rgap.algorithm.circulant``) and ``B`` by
   the Woodbury identity over its ``F kh kw`` rows, so that nothing P x P is formed. For large images.
 * ``jacobi``: the inverse diagonal of ``G``, for large layers that plain CG solves quickly anyway.
 """
@@ -21,14 +22,33 @@ Each builder takes a :class:`rgap.structured.ConvSystem` and returns ``r -> M^-1
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
-from rgap.circulant import TorusGramInverse
+from rgap.algorithm.circulant import TorusGramInverse
 
-if TYPE_CHECKING:
-    from rgap.structured import ConvSystem
+
+class ConvSystem(Protocol):
+    """What a preconditioner reads of a conv layer's system (``rgap.algorithm.structured.ConvSystem`` implements
+    it; a protocol, so that the structured solver may build preconditioners without an import cycle)."""
+
+    inverter: Any
+    op: Any
+    k: torch.Tensor
+    n: int
+    channels: int
+    pixels: int
+    wk: float
+    wa: float
+
+    def block_eigen(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def block_range(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def range_factors(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def to_range(self, v: torch.Tensor) -> torch.Tensor: ...
+    def from_range(self, w: torch.Tensor) -> torch.Tensor: ...
+    def gradient_rows(self, v: torch.Tensor) -> torch.Tensor: ...
+    def gradient_cols(self, y: torch.Tensor) -> torch.Tensor: ...
 
 Preconditioner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -169,8 +189,10 @@ def shared(system: ConvSystem) -> Preconditioner:
 
 
 def shared_torus(system: ConvSystem) -> Preconditioner:
-    """``shared`` for large images: ``M_c = wk B + a_c Abar`` with ``Abar`` the periodic model of the mean
-    channel block (``rgap.circulant``, ``mix``) and ``B = K0^T K0`` of rank at most ``r = F kh kw < P``, inverted by
+    """``shared`` for large images: ``M_c = wk B + a_c Abar`` with ``Abar`` the periodic model of the
+    mean
+    channel block (``rgap.algorithm.circulant``, ``mix``) and ``B = K0^T K0`` of rank at most ``r = F kh kw < P``,
+    inverted by
     Woodbury: with ``S = Abar^-1`` and ``K0 S K0^T = E Sig E^T`` (r x r, shared by all channels),
     ``M_c^-1 = (S - S K0^T E diag(1 / (a_c / wk + sig)) E^T K0 S) / a_c``.
     """

@@ -1,8 +1,8 @@
-"""The constraint system of one stage (``rgap.network.Stage``): a weight layer composed with its maps.
+"""The constraint system of one stage (``rgap.algorithm.network.Stage``): a weight layer composed with its maps.
 
 A stage maps its unknown input ``x`` to its pre-activation ``z`` through
 
-    u = P x + c             pre-maps (eval batch norm, average pooling; ``rgap.chainops``), affine
+    u = P x + c             pre-maps (eval batch norm, average pooling; ``rgap.algorithm.chainops``), affine
     z = s * (W u + b) + t   the weight layer, then the per-channel scale/shift of the batch norms after it
 
 With ``k = dl/dz``, the layer's own output gradient is ``k_W = s * k`` and its weight gradient is
@@ -30,11 +30,11 @@ import math
 import torch
 from torch import nn
 
-from rgap.chainops import fold_affine, per_channel_scale
-from rgap.inverters import LayerInverter, make_inverter
-from rgap.matfree import NormalOperator
-from rgap.network import Stage
-from rgap.solvers import Solution, SolveOptions
+from rgap.algorithm.chainops import fold_affine, per_channel_scale
+from rgap.algorithm.inverters import LayerInverter, make_inverter
+from rgap.algorithm.matfree import NormalOperator
+from rgap.algorithm.network import Stage
+from rgap.algorithm.solvers import Solution, SolveOptions
 
 
 class StageInverter(LayerInverter):

@@ -23,10 +23,10 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from rgap.activations import IdentityActivation, InvertibleActivation
+from rgap.algorithm.activations import IdentityActivation, InvertibleActivation
+from rgap.algorithm.network import Stage
 from rgap.attack.losses import logistic_dloss, signed_labels
 from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError
-from rgap.network import Stage
 
 #: Pre-activation grid on which the logistic last-layer equation is bracketed before Brent's method.
 _ROOT_GRID = np.concatenate([-np.logspace(3, -8, 600), [0.0], np.logspace(-8, 3, 600)])

@@ -15,7 +15,7 @@ R-GAP solves the stacked least-squares problem. We never form the stacked matrix
 
 Layers with more unknowns than ``SolveOptions.dense_limit`` never form an N x N matrix: ``normal_operator``
 describes ``G`` by its product with a vector (Conv2d: one ``unfold``, small GEMMs and one ``fold``) and
-``rgap.matfree`` solves by conjugate gradients.
+``rgap.algorithm.matfree`` solves by conjugate gradients.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgap import weightcache
+from rgap.algorithm import weightcache
+from rgap.algorithm.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
+from rgap.algorithm.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gram
+from rgap.algorithm.structured import solve_conv
 from rgap.core.errors import UnsupportedLayerError
-from rgap.matfree import NormalOperator, PatchProduct, balance_weight, solve_normal
-from rgap.solvers import RCOND, STRUCTURED_MIN, Solution, SolveOptions, solve_gram
-from rgap.structured import solve_conv
 
-#: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.weightcache``.
+#: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.algorithm.weightcache``.
 CACHED_GRAM_LIMIT = 1024
 
 
@@ -106,7 +106,7 @@ class LayerInverter(ABC):
         """Least-squares input from the stacked gradient and weight constraints.
 
         Dense (Cholesky / minimum-norm eigen-solve) unless ``options`` is given and the layer has more than
-        ``options.dense_limit`` unknowns: then matrix-free conjugate gradients (``rgap.matfree``).
+        ``options.dense_limit`` unknowns: then matrix-free conjugate gradients (``rgap.algorithm.matfree``).
         """
         if options is not None and self.n > options.dense_limit:
             solution = solve_normal(self.normal_operator(k, grad_w, z, balance), options)
@@ -216,7 +216,7 @@ class LinearInverter(LayerInverter):
         rhs = wk * rhs + wa * (w.T @ z.to(k).reshape(-1))
         small, out = torch.empty(w.shape[0], dtype=k.dtype, device=k.device), torch.empty_like(rhs)
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:  # into fixed buffers (see rgap.matfree)
+        def matvec(v: torch.Tensor) -> torch.Tensor:  # into fixed buffers (see rgap.algorithm.matfree)
             torch.mv(w, v, out=small)
             torch.mv(w.T, small, out=out)
             return out.mul_(wa).add_(v, alpha=wk * alpha)
@@ -321,7 +321,7 @@ class Conv2dInverter(LayerInverter):
         options: SolveOptions | None = None,
     ) -> Solution:
         """As the base class; with ``options.solver == "structured"`` and more than ``STRUCTURED_MIN`` unknowns,
-        the structured solve of ``rgap.structured`` (falls back to the dense path when it cannot decide the
+        the structured solve of ``rgap.algorithm.structured`` (falls back to the dense path when it cannot decide the
         rank of a layer small enough for it)."""
         if options is not None and options.solver == "structured" and self.n > STRUCTURED_MIN:
             solution = solve_conv(self, k, grad_w, z, balance, options)
@@ -450,7 +450,7 @@ class Conv2dInverter(LayerInverter):
 
     def _weight_gram_copy(self, like: torch.Tensor) -> torch.Tensor:
         """A fresh copy of ``weight_gram``; for layers with at most ``CACHED_GRAM_LIMIT`` unknowns the Gram matrix
-        itself is computed once per weights (``rgap.weightcache``: it does not depend on the image)."""
+        itself is computed once per weights (``rgap.algorithm.weightcache``: it does not depend on the image)."""
         if self.n > CACHED_GRAM_LIMIT:
             return self.weight_gram(like)
         key = weightcache.weight_key(self.weight(like), "weight_gram", type(self).__name__, self.input_shape,

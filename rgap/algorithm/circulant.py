@@ -11,7 +11,7 @@ The image sits in a corner of the torus with a margin of at least a kernel size,
 from one edge of the image to the other: restricted to the image, ``T`` is ``A^T A`` plus the Gram of the
 output windows the torus adds at the image border (none when ``padding <= kernel - stride``). Hence
 ``R (wa T + gamma I)^-1 R^T`` (``R`` restricts the torus to the image) approximates ``(wa A^T A)^-1``, exactly
-so for images far from the border; the preconditioners of ``rgap.structured`` are built from it.
+so for images far from the border; the preconditioners of ``rgap.algorithm.structured`` are built from it.
 """
 
 from __future__ import annotations

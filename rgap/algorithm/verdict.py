@@ -1,4 +1,4 @@
-"""Per-layer verdicts of a rank table (``rgap.rank.LayerRank`` rows) in words, for audits of a network.
+"""Per-layer verdicts of a rank table (``rgap.algorithm.rank.LayerRank`` rows) in words, for audits of a network.
 
 A pure function of the rows: which counts make a layer deficient and by how much. A layer's constraints are
 its gradient constraints ``w`` (one per weight), its weight constraints ``z`` (one per output) and the virtual
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rgap.rank import LayerRank
+from rgap.algorithm.rank import LayerRank
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """R-GAP: the Recursive Gradient Attack on Privacy (Zhu & Blaschko, ICLR 2021), in closed form.
 
-1. Output layer (``rgap.heads``): read ``k = dl/dz`` from the output layer's gradient: from its bias gradient
+1. Output layer (``rgap.algorithm.heads``): read ``k = dl/dz`` from the output layer's gradient: from its bias gradient
    when it has a bias, else (one logit, logistic loss, the paper's setting) from the scalar equation
    ``<w, dl/dw> = l'(act(z)) act'(z) z``, or (several logits, softmax cross-entropy) from the rank-one weight
    gradient and one scalar equation. Labels are given to the attack or recovered on the way.
 2. Downward recursion: invert the activation below (weight-constraint right-hand side ``act^-1(a) - b``),
    push ``k`` through the layer above and its activation derivative (or read it from a fully connected
    layer's bias gradient, which equals ``k``), and solve the stacked least-squares system of gradient and
-   weight constraints of each layer (see ``rgap.inverters``).
+   weight constraints of each layer (see ``rgap.algorithm.inverters``).
 
 All solves run in float64 whatever precision the client used. Where the head has several readings (two roots
 of the scalar equation, or two candidate labels), every reconstruction is computed and the one that
@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from rgap.algorithm.composite import make_stage_inverter
+from rgap.algorithm.heads import TopStart, last_layer_roots, read_head
+from rgap.algorithm.inverters import LayerInverter
+from rgap.algorithm.network import Stage, parse_stages
+from rgap.algorithm.solvers import SOLVERS, Solution, SolveOptions
+from rgap.algorithm.structured import SINGLE_THREAD_LIMIT, threads
 from rgap.attack import Attack, AttackFacts, AttackResult, SharedGradient, TraceRecorder
 from rgap.attack.losses import get_loss, signed_labels
-from rgap.composite import make_stage_inverter
 from rgap.core.errors import UnsupportedInputError, UnsupportedLayerError
 from rgap.core.validation import as_bool, as_choice, as_float, as_int
-from rgap.heads import TopStart, last_layer_roots, read_head
-from rgap.inverters import LayerInverter
-from rgap.network import Stage, parse_stages
-from rgap.solvers import SOLVERS, Solution, SolveOptions
-from rgap.structured import SINGLE_THREAD_LIMIT, threads
 
 __all__ = ["RGAP", "Candidate", "last_layer_roots"]
 
@@ -57,19 +57,19 @@ class Candidate:
 
 class RGAP(Attack):
     """Closed-form recursive reconstruction for chains of Conv2d/Linear layers (with or without biases), with
-    eval-mode batch norm folded into them and average pooling composed with them (``rgap.composite``).
+    eval-mode batch norm folded into them and average pooling composed with them (``rgap.algorithm.composite``).
 
     Args:
         weight_constraints: stack the weight constraints ``A x = z`` with the gradient constraints
             (the paper's formulation; the reference code drops them for FC layers).
         balance: weight the two constraint blocks so that each has unit mean eigenvalue in the normal
-            equations (``rgap.inverters.block_weight``). Identical results on exact gradients; far more
+            equations (``rgap.algorithm.inverters.block_weight``). Identical results on exact gradients; far more
             robust on float32 gradients, where the unweighted system lets propagated errors dominate.
         labels: ``given`` (the attacker knows the labels, as in the paper) or ``infer`` (recover them from
             the gradient; ambiguity is reported).
-        dense_limit, cg_tol, cg_maxiter: how each layer is solved (``rgap.solvers.SolveOptions``).
+        dense_limit, cg_tol, cg_maxiter: how each layer is solved (``rgap.algorithm.solvers.SolveOptions``).
         solver: ``structured`` (default: Conv2d layers by CG preconditioned with their channel and convolution
-            structure, ``rgap.structured``) or ``generic`` (dense solves up to ``dense_limit`` unknowns, plain
+            structure, ``rgap.algorithm.structured``) or ``generic`` (dense solves up to ``dense_limit`` unknowns, plain
             CG above).
     """
 

@@ -28,12 +28,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from rgap.algorithm.composite import make_stage_inverter
+from rgap.algorithm.inverters import Conv2dInverter, LayerInverter, LinearInverter
+from rgap.algorithm.network import Stage, collect_shapes, format_problems, read_stages
+from rgap.algorithm.solvers import RCOND, numerical_rank, singular_values_from_gram
+from rgap.algorithm.structured import SINGLE_THREAD_LIMIT, conv_rank, threads
 from rgap.attack.losses import get_loss, head_loss, reversed_labels
-from rgap.composite import make_stage_inverter
-from rgap.inverters import Conv2dInverter, LayerInverter, LinearInverter
-from rgap.network import Stage, collect_shapes, format_problems, read_stages
-from rgap.solvers import RCOND, numerical_rank, singular_values_from_gram
-from rgap.structured import SINGLE_THREAD_LIMIT, conv_rank, threads
 
 
 @dataclass
@@ -122,7 +122,7 @@ def rank_analysis(
 ) -> list[LayerRank]:
     """Counts, virtual constraints and numerical rank of every layer, input layer first.
 
-    Layers are the stages of ``rgap.network``: batch norm in eval mode is folded into its layer and average
+    Layers are the stages of ``rgap.algorithm.network``: batch norm in eval mode is folded into its layer and average
     pooling composed with the layer after it, so ``x`` counts the stage's unknown (a pool's input), ``w`` the
     layer's weights and ``z`` the stage's outputs, and ``rank_bound`` is the pooled size when it is below ``x``
     (``predicted`` is then ``deficient`` whatever the counts say). The model's mode is honoured: batch norm or
@@ -130,7 +130,8 @@ def rank_analysis(
 
     The numerical rank is that of the stacked system [K; A] with gradient and weight constraints (top layer
     included): the number of eigenvalues of its Gram matrix ``G = K^T K + A^T A`` above ``RCOND^2`` times the
-    largest (``rgap.solvers.RCOND``), found as ``layer_rank`` says (structured factorisations where they decide
+    largest (``rgap.algorithm.solvers.RCOND``), found as ``layer_rank`` says (structured factorisations where they
+    decide
     it, as the structured solver; a dense eigen-decomposition of ``G`` otherwise). The model is copied and cast
     to float64; the original is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical``
     is False and for layers with more than ``max_unknowns`` unknowns. ``progress`` is called once per layer
@@ -188,7 +189,7 @@ def rank_analysis(
 def layer_rank(inverter: LayerInverter, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor) -> tuple[int, str]:
     """Numerical rank of one layer's unweighted ``G = K^T K + A^T A`` and the route that decided it.
 
-    Conv2d: the structured null space of ``rgap.structured`` (the solver's factorisations). Linear with
+    Conv2d: the structured null space of ``rgap.algorithm.structured`` (the solver's factorisations). Linear with
     ``k != 0``: ``G = |k|^2 I + W^T W`` has every eigenvalue in ``[|k|^2, |k|^2 + |W|_F^2]``, so it has full rank
     when ``|k|^2 > RCOND^2 (|k|^2 + |W|_F^2)``. Otherwise (no structured route decides it): the eigenvalues
     of the dense ``G`` (``dense``).
@@ -220,8 +221,10 @@ def count_only(model: nn.Module, input_shape: Sequence[int], reason: str,
                stages: Sequence[Stage] | None = None) -> list[LayerRank]:
     """Constraint counts of every Conv2d/Linear layer of a network R-GAP cannot invert (no numerical rank).
 
-    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layers stop R-GAP, and why). With the
-    partial ``stages`` of ``rgap.network.read_stages`` the counts are those of the stages (pre-maps composed, batch
+    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layers stop R-GAP, and why). With
+    the
+    partial ``stages`` of ``rgap.algorithm.network.read_stages`` the counts are those of the stages (pre-maps
+    composed, batch
     norm folded); without them (no chain), of every weight layer in ``model.modules()`` order.
     """
     sizes = []

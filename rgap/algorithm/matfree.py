@@ -4,7 +4,7 @@ A layer's normal equations ``G x = b`` with ``G = wk K^T K + wa A^T A`` and ``b 
 are described by a :class:`NormalOperator`: the product ``v -> G v``, the right-hand side, the diagonal of
 ``G`` (Jacobi preconditioner) and the block weights (``N / trace`` of each block, as ``block_weight``,
 with the traces summed from the diagonals).
-The layer inverters build it from their own structure (``rgap.inverters``) without any N x N matrix;
+The layer inverters build it from their own structure (``rgap.algorithm.inverters``) without any N x N matrix;
 :func:`solve_normal` runs (preconditioned) conjugate gradients on it and reports the iteration count, the
 final residual and a condition-number estimate from the Lanczos coefficients of the CG run.
 
@@ -24,7 +24,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from rgap.solvers import Solution, SolveOptions
+from rgap.algorithm.solvers import Solution, SolveOptions
 
 PRECONDITIONERS = ("jacobi", "none")
 #: ``PatchProduct`` uses ``F.unfold`` / ``F.fold`` for patch matrices of at most this many bytes.
@@ -158,7 +158,7 @@ class PatchProduct:
 
 
 def balance_weight(n: int, trace: float) -> float:
-    """``n / trace``: the block weight of ``rgap.inverters.block_weight`` from the block's trace alone."""
+    """``n / trace``: the block weight of ``rgap.algorithm.inverters.block_weight`` from the block's trace alone."""
     return n / trace if trace > 0 else 1.0
 
 
