@@ -1,8 +1,7 @@
 """The rank analysis from a config (``python -m runners.rank``) and the ``rank_note`` of trials on checkpoints.
 
-The analysis itself (``rgap.algorithm.rank.rank_analysis``) sees a model and an input shape; this module builds the
-model
-from ``conf/rank.yaml`` (or a trial's config) and its weights, and writes the table.
+The analysis itself (``rgap.algorithm.rank.rank_analysis``) sees a model and an input shape; this module builds
+the model from ``conf/rank.yaml`` (or a trial's config) and its weights, and writes the table.
 """
 
 from __future__ import annotations
