@@ -1,6 +1,6 @@
 """Time R-GAP per image: trials of ``runners.attack attack=rgap`` on images 0..N-1, one gradient precision at a time.
 
-    python -m scripts.bench_rgap [--images 8] [--precision float64 float32] [OVERRIDE ...]
+    python -m scripts.bench_rgap [--images 8] [--precision float64,float32] [OVERRIDE ...]
 
 OVERRIDEs are the trial's Hydra overrides (as ``python -m runners.attack`` takes them), for example::
 
@@ -29,6 +29,17 @@ from rgap.core.atomic import atomic_write_text
 from scripts.benchtrials import attack_info, load_note, median, ok_rows, peak_rss_mb, run_main, run_rows
 
 
+PRECISIONS = ("float64", "float32")
+
+
+def _precisions(text: str) -> list[str]:
+    values = text.split(",")
+    bad = [v for v in values if v not in PRECISIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad} not valid; valid choices: {', '.join(PRECISIONS)} (comma-separated)")
+    return values
+
+
 def _progress(row: dict) -> None:
     if row["status"] != "ok":
         print(f"  {row['precision']} image {row['index']:2d}: {row['status']}: {row['reason']}", flush=True)
@@ -42,8 +53,8 @@ def _progress(row: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=8, help="images 0..N-1 of the dataset, one trial each")
-    parser.add_argument("--precision", nargs="+", default=["float64", "float32"], choices=["float64", "float32"],
-                        help="gradient precision(s) of the client")
+    parser.add_argument("--precision", type=_precisions, default=["float64", "float32"],
+                        help="gradient precision(s) of the client, comma-separated (default float64,float32)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the rows and the peak memory to this JSON file (scripts.bench_scaling)")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides of the trial config")

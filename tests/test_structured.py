@@ -16,14 +16,17 @@ from torch import nn
 
 from rgap.algorithm import preconditioners, structured, weightcache
 from rgap.algorithm.circulant import TorusGramInverse, border_free, periodic_lam_min
+from rgap.algorithm.composite import make_stage_inverter
 from rgap.algorithm.inverters import Conv2dInverter, make_inverter
-from rgap.algorithm.rank import rank_analysis
+from rgap.algorithm.network import read_stages
+from rgap.algorithm.rank import operating_point, rank_analysis
 from rgap.algorithm.recursive import RGAP
-from rgap.algorithm.solvers import SolveOptions, solve_gram
+from rgap.algorithm.solvers import SolveOptions, numerical_rank, singular_values_from_gram, solve_gram
 from rgap.algorithm.structured import conv_rank, solve_conv, weight_bounds
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.errors import UserInputError
 from rgap.zoo import models
+from tests import custom_nets
 
 DTYPE = torch.float64
 STRUCTURED = SolveOptions(solver="structured", cg_tol=1e-14)
@@ -259,6 +262,24 @@ def test_rank_analysis_reports_progress_per_layer() -> None:
     rows = rank_analysis(model, shape, progress=lines.append, max_unknowns=60)
     assert len(lines) == len(rows) == 4
     assert lines[0].startswith("conv1: rank not computed") and lines[2].startswith("fc1: rank 27/27")
+
+
+
+@pytest.mark.parametrize("builder", [models.cnn6, custom_nets.bn_cnn], ids=["cnn6", "bn_cnn"])
+def test_rank_analysis_of_stages_takes_the_structured_routes(builder) -> None:
+    """Plain and batch-norm-folded conv stages get their rank from the structured factorisations (not a dense
+    eigen-solve), and it equals the rank of the dense Gram matrix of the same stage."""
+    shape = (3, 20, 20)
+    model = builder(shape, seed=0).to(torch.float64)
+    lines: list[str] = []
+    rows = rank_analysis(model, shape, progress=lines.append)
+    stages = read_stages(model, shape).stages
+    point = operating_point(model, stages, shape, seed=0)
+    for row, line, stage, (k, grad_w, z) in zip(rows, lines, stages, point, strict=True):
+        if stage.kind == "conv":
+            assert not line.endswith("dense)"), line
+        gram, _ = make_stage_inverter(stage).normal_equations(k, grad_w, z)
+        assert row.rank == numerical_rank(singular_values_from_gram(gram)), line
 
 
 # ---------------------------------------------------------------------------------- periodic Gram inverse

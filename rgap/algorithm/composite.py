@@ -195,6 +195,15 @@ class StageInverter(LayerInverter):
 
         return NormalOperator(matvec, self._pull_back(inner.rhs), self._pull_diagonal(inner.diagonal), inner.weights)
 
+    def layer_system(
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None
+    ) -> tuple[LayerInverter, tuple] | None:
+        """Without pre-maps, the stage's system is its (folded) layer's: that inverter and its ``(k, dl/dW, z)``
+        arguments; None with pre-maps (the composed system is only available through this class)."""
+        if self.pre:
+            return None
+        return self.inner, self._inner_args(k, grad_w, z)
+
     def solve(
         self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False,
         options: SolveOptions | None = None,

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from rgap.algorithm.composite import make_stage_inverter
+from rgap.algorithm.composite import StageInverter, make_stage_inverter
 from rgap.algorithm.inverters import Conv2dInverter, LayerInverter, LinearInverter
 from rgap.algorithm.network import Stage, collect_shapes, format_problems, read_stages
 from rgap.algorithm.solvers import RCOND, numerical_rank, singular_values_from_gram
@@ -192,8 +192,11 @@ def layer_rank(inverter: LayerInverter, k: torch.Tensor, grad_w: torch.Tensor, z
     Conv2d: the structured null space of ``rgap.algorithm.structured`` (the solver's factorisations). Linear with
     ``k != 0``: ``G = |k|^2 I + W^T W`` has every eigenvalue in ``[|k|^2, |k|^2 + |W|_F^2]``, so it has full rank
     when ``|k|^2 > RCOND^2 (|k|^2 + |W|_F^2)``. Otherwise (no structured route decides it): the eigenvalues
-    of the dense ``G`` (``dense``).
+    of the dense ``G`` (``dense``). A stage without pre-maps (``rgap.algorithm.composite``) is its layer's system.
     """
+    plain = inverter.layer_system(k, grad_w, z) if isinstance(inverter, StageInverter) else None
+    if plain is not None:
+        return layer_rank(plain[0], *plain[1])
     if isinstance(inverter, Conv2dInverter):
         null = conv_rank(inverter, k, grad_w, z)
         if null is not None:
