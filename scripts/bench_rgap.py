@@ -28,7 +28,6 @@ import torch
 from rgap.core.atomic import atomic_write_text
 from scripts.benchtrials import attack_info, load_note, median, ok_rows, peak_rss_mb, run_main, run_rows
 
-
 PRECISIONS = ("float64", "float32")
 
 

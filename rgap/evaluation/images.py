@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from rgap.core.atomic import atomic_save
 
@@ -38,6 +37,7 @@ def save_image_grid(
     if int(upscale) < 1:
         raise ValueError(f"upscale must be a positive integer, got {upscale}")
     upscale = int(upscale)
+    from torchvision.utils import make_grid  # torchvision costs ~2 s to import: only when images are saved
     batch = images.shape[0]
     if nrow is None:
         nrow = math.ceil(math.sqrt(batch))

@@ -234,8 +234,10 @@ def shared_lpips_scorer(net: str, require: bool) -> LpipsScorer:
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit hash of the code (``+dirty`` with uncommitted changes), or ``unknown``."""
+    """Short commit hash of the code (``+dirty`` with uncommitted changes), or ``unknown``; asked once per
+    process (the code a process runs does not change under it)."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
