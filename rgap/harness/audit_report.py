@@ -55,7 +55,7 @@ def audit_markdown(audit: Audit) -> str:
 def audit_figure(audit: Audit, path: Path) -> Path:
     """The gallery: one row per image, the original then each attack's reconstruction (PSNR below)."""
     columns = 1 + len(audit.attacks)
-    fig, axes = plt.subplots(audit.images, columns, figsize=(1.5 * columns, 1.6 * audit.images), squeeze=False)
+    fig, axes = plt.subplots(audit.images, columns, figsize=(max(1.5 * columns, 3.6), 1.6 * audit.images), squeeze=False)
     for index in range(audit.images):
         first = audit.attacks[0] if audit.attacks else None
         origin = audit.trials_dir / f"{first.attack}_{index}" / "origin.png" if first else None
@@ -68,7 +68,10 @@ def audit_figure(audit: Audit, path: Path) -> Path:
                   summary.label if index == 0 else None)
             text = f"{_cell(row.get('psnr'), '.1f')} dB" if row["status"] == "ok" else row["status"]
             ax.set_xlabel(text, fontsize=8)
-    fig.suptitle(f"{audit.model}: reconstructions from one shared gradient", fontsize=9)
+    title = f"{audit.model}: reconstructions from one shared gradient"
+    if columns < 4:  # too narrow for one line
+        title = title.replace(": ", ":\n", 1)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
     plt.close(fig)
