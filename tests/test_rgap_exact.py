@@ -25,7 +25,7 @@ import scipy.optimize
 import torch
 from torch import nn
 
-from rgap.algorithm.activations import IdentityActivation
+from rgap.algorithm.activations import IdentityActivation, LeakyReLUActivation
 from rgap.algorithm.recursive import RGAP, last_layer_roots
 from rgap.attack import SharedGradient
 from rgap.attack.losses import logistic_loss
@@ -618,3 +618,24 @@ def test_cnn6d_conv2_is_rank_deficient() -> None:
     assert n == 12 * 17 * 17
     assert rank < n
     assert method == "pinv"
+
+
+def test_leaky_relu_slope_at_a_round_off_zero_matches_autograd() -> None:
+    """At z = 0 autograd's LeakyReLU backward uses the negative slope; a recovered z that is zero up to round-off
+    (either sign) must give the same slope, or black image regions flip k entries at random."""
+    z = torch.tensor([0.0, 1e-15, -1e-15, 0.5, -0.5, 1.0], dtype=torch.float64)
+    exact = torch.tensor([0.0, 0.0, 0.0, 0.5, -0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.leaky_relu(exact, 0.2).sum().backward()
+    assert torch.equal(LeakyReLUActivation(0.2).derivative(z), exact.grad)
+
+
+@pytest.mark.slow
+def test_a_deficient_layer_under_black_pixels_gives_one_minimum_norm_answer() -> None:
+    """CNN6-d on an image with exact-zero pixels (sample image 3): the structured and the dense solver agree."""
+    from rgap.harness.compose import compose_config
+    from rgap.harness.trial import run_trial
+
+    psnr = {solver: run_trial(compose_config("trial", ["attack=rgap", "model=cnn6d", "index=3", "save_images=false",
+                                                        "metrics.lpips=false", f"attack.solver={solver}"]))["psnr"]
+            for solver in ("structured", "generic")}
+    assert psnr["structured"] == pytest.approx(psnr["generic"], abs=1e-6)

@@ -50,6 +50,11 @@ class IdentityActivation(InvertibleActivation):
         return torch.ones_like(z)
 
 
+#: Pre-activations within this fraction of the layer's largest ``|z|`` are zeros up to round-off (float64 solves
+#: are accurate to about 1e-12 relative).
+ZERO_TOL = 1e-10
+
+
 class LeakyReLUActivation(InvertibleActivation):
     name = "leaky_relu"
 
@@ -67,7 +72,11 @@ class LeakyReLUActivation(InvertibleActivation):
         return torch.where(a >= 0, a, a / self.slope)
 
     def derivative(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.where(z >= 0, torch.ones_like(z), torch.full_like(z, self.slope))
+        """1 above zero, the slope elsewhere. At ``z = 0`` autograd's LeakyReLU backward uses the slope; a
+        recovered ``z`` that is zero up to round-off (``|z| <= ZERO_TOL * max |z|``: an image with black regions
+        gives exact zeros after bias-free layers) is read as zero, so its sign does not flip the slope."""
+        tol = ZERO_TOL * float(z.abs().max()) if z.numel() else 0.0
+        return torch.where(z > tol, torch.ones_like(z), torch.full_like(z, self.slope))
 
 
 class SigmoidActivation(InvertibleActivation):

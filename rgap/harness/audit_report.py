@@ -55,7 +55,8 @@ def audit_markdown(audit: Audit) -> str:
 def audit_figure(audit: Audit, path: Path) -> Path:
     """The gallery: one row per image, the original then each attack's reconstruction (PSNR below)."""
     columns = 1 + len(audit.attacks)
-    fig, axes = plt.subplots(audit.images, columns, figsize=(max(1.5 * columns, 3.6), 1.6 * audit.images), squeeze=False)
+    size = (max(1.5 * columns, 3.6), 1.6 * audit.images)
+    fig, axes = plt.subplots(audit.images, columns, figsize=size, squeeze=False)
     for index in range(audit.images):
         first = audit.attacks[0] if audit.attacks else None
         origin = audit.trials_dir / f"{first.attack}_{index}" / "origin.png" if first else None
