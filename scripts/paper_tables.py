@@ -10,9 +10,9 @@ module in ``scripts/reports/``:
 * ``table1`` (``reports.table1``): rows = attacks, columns = architectures; MSE (headline), PSNR, SSIM, LPIPS and
   time tables.
 * ``labels`` (``reports.labels``): DLG / iDLG label accuracy per dataset, next to the iDLG paper's Table 1.
-* ``rank`` (``reports.rank``): the rank analysis (``--rank-csv``, ``rgap.algorithm.rank.rank_table`` rows with a
-``model``
-  column) per model, joined with each attack's median PSNR, and whether the prediction agrees with what it achieved.
+* ``rank`` (``reports.rank``): the rank analysis (``--rank-csv``, ``rgap.algorithm.rank.rank_table`` rows with
+  a ``model`` column) per model, joined with each attack's median PSNR, and whether the prediction agrees with what
+  it achieved.
 * ``noise`` (``reports.noise``): median PSNR per defense level (``--param``, read from ``defense_params``) and attack.
 
 Cells are ``mean ± std (n=K)`` with the *sample* standard deviation (ddof=1) over the ok trials; a cell also counts

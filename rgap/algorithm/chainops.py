@@ -1,8 +1,8 @@
 """The modules between R-GAP's weight layers, registered by module type: pass-throughs, batch norm, pooling.
 
 R-GAP inverts a chain of weight layers (``rgap.algorithm.inverters``) and invertible activations
-(``rgap.algorithm.activations``).
-Everything else in the chain is read here as an affine map ``y = L x + c`` of one sample:
+(``rgap.algorithm.activations``). Everything else in the chain is read here as an affine map ``y = L x + c`` of
+one sample:
 
 * **pass-through** (``None``): ``Identity``, ``Flatten``, ``Unflatten`` and dropout in eval mode (or with
   ``p = 0``) change no value and disappear from the stages.

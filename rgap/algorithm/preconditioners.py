@@ -189,10 +189,8 @@ def shared(system: ConvSystem) -> Preconditioner:
 
 
 def shared_torus(system: ConvSystem) -> Preconditioner:
-    """``shared`` for large images: ``M_c = wk B + a_c Abar`` with ``Abar`` the periodic model of the
-    mean
-    channel block (``rgap.algorithm.circulant``, ``mix``) and ``B = K0^T K0`` of rank at most ``r = F kh kw < P``,
-    inverted by
+    """``shared`` for large images: ``M_c = wk B + a_c Abar`` with ``Abar`` the periodic model of the mean channel
+    block (``rgap.algorithm.circulant``, ``mix``) and ``B = K0^T K0`` of rank at most ``r = F kh kw < P``, inverted by
     Woodbury: with ``S = Abar^-1`` and ``K0 S K0^T = E Sig E^T`` (r x r, shared by all channels),
     ``M_c^-1 = (S - S K0^T E diag(1 / (a_c / wk + sig)) E^T K0 S) / a_c``.
     """

@@ -128,14 +128,13 @@ def rank_analysis(
     (``predicted`` is then ``deficient`` whatever the counts say). The model's mode is honoured: batch norm or
     dropout in training mode makes it ``unsupported`` (counts only, see :func:`count_only`).
 
-    The numerical rank is that of the stacked system [K; A] with gradient and weight constraints (top layer
-    included): the number of eigenvalues of its Gram matrix ``G = K^T K + A^T A`` above ``RCOND^2`` times the
-    largest (``rgap.algorithm.solvers.RCOND``), found as ``layer_rank`` says (structured factorisations where they
-    decide
-    it, as the structured solver; a dense eigen-decomposition of ``G`` otherwise). The model is copied and cast
-    to float64; the original is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical``
-    is False and for layers with more than ``max_unknowns`` unknowns. ``progress`` is called once per layer
-    with a short line (e.g. ``conv2: rank 3188/3468 (0.4 s, reduced)``).
+    The numerical rank is that of the stacked system [K; A] with gradient and weight constraints (top layer included):
+    the number of eigenvalues of its Gram matrix ``G = K^T K + A^T A`` above ``RCOND^2`` times the largest
+    (``rgap.algorithm.solvers.RCOND``), found as ``layer_rank`` says (structured factorisations where they decide it,
+    as the structured solver; a dense eigen-decomposition of ``G`` otherwise). The model is copied and cast to
+    float64; the original is untouched. ``rank``/``deficiency`` are None for all layers when ``numerical`` is False
+    and for layers with more than ``max_unknowns`` unknowns. ``progress`` is called once per layer with a short line
+    (e.g. ``conv2: rank 3188/3468 (0.4 s, reduced)``).
     """
     input_shape = tuple(int(s) for s in input_shape)
     work = copy.deepcopy(model).to(torch.float64)
@@ -224,11 +223,9 @@ def count_only(model: nn.Module, input_shape: Sequence[int], reason: str,
                stages: Sequence[Stage] | None = None) -> list[LayerRank]:
     """Constraint counts of every Conv2d/Linear layer of a network R-GAP cannot invert (no numerical rank).
 
-    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layers stop R-GAP, and why). With
-    the
+    ``predicted`` is ``unsupported`` and ``note`` carries ``reason`` (which layers stop R-GAP, and why). With the
     partial ``stages`` of ``rgap.algorithm.network.read_stages`` the counts are those of the stages (pre-maps
-    composed, batch
-    norm folded); without them (no chain), of every weight layer in ``model.modules()`` order.
+    composed, batch norm folded); without them (no chain), of every weight layer in ``model.modules()`` order.
     """
     sizes = []
     bounds: list[int | None] = []

@@ -43,16 +43,13 @@ class SolveOptions:
 class Solution:
     """Result of one layer solve: ``x`` plus how it was obtained.
 
-    ``method`` is "cholesky", "woodbury", "direct", "pinv" (minimum-norm solution of a rank-deficient
-    system) or "cg" (matrix-free conjugate gradients, ``rgap.algorithm.matfree``). Plain CG does not compute the
-    rank: it
-    reports ``rank = n`` with ``rank_computed = False``; the structured path (``rgap.algorithm.structured``, which names
-    its ``preconditioner``) computes it where a structured route exists. CG reports ``iterations``, the final
-    relative residual ``|b - G x| / |b|`` of the normal equations (recomputed, not CG's recursive estimate),
-    ``converged``
-    (False: ``cg_maxiter`` was reached or CG broke down, and ``x`` is the last iterate) and ``cond``, the
-    condition number of the (preconditioned) normal matrix estimated from CG's Lanczos tridiagonal matrix
-    (a lower bound).
+    ``method`` is "cholesky", "woodbury", "direct", "pinv" (minimum-norm solution of a rank-deficient system) or "cg"
+    (matrix-free conjugate gradients, ``rgap.algorithm.matfree``). Plain CG does not compute the rank: it reports
+    ``rank = n`` with ``rank_computed = False``; the structured path (``rgap.algorithm.structured``, which names its
+    ``preconditioner``) computes it where a structured route exists. CG reports ``iterations``, the final relative
+    residual ``|b - G x| / |b|`` of the normal equations (recomputed, not CG's recursive estimate), ``converged``
+    (False: ``cg_maxiter`` was reached or CG broke down, and ``x`` is the last iterate) and ``cond``, the condition
+    number of the (preconditioned) normal matrix estimated from CG's Lanczos tridiagonal matrix (a lower bound).
     """
 
     x: torch.Tensor
