@@ -234,7 +234,6 @@ def shared_lpips_scorer(net: str, require: bool) -> LpipsScorer:
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """Short commit hash of the code (``+dirty`` with uncommitted changes), or ``unknown``; asked once per
     process (the code a process runs does not change under it)."""
