@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import OverrideType
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -30,7 +30,7 @@ from rgap.core.atomic import atomic_write_text, make_dirs
 from rgap.core.errors import UserInputError
 from rgap.core.validation import as_name
 from rgap.harness.collect import collect
-from rgap.harness.compose import CONF_DIR
+from rgap.harness.compose import config_groups
 from rgap.harness.sweep import check_sweep_config, scan_sweep
 from runners.common import USER_ERROR_EXIT, print_user_error
 
@@ -102,20 +102,24 @@ def check_jobs(config_name: str, jobs: list[list[str]]) -> None:
             raise UserInputError(f"{where}: {' '.join(str(exc).split())} No trial was run.") from exc
 
 
-def split_overrides(job: list[str]) -> tuple[list[str], list[Any]]:
+def split_overrides(job: list[str]) -> tuple[list[str], list[Override]]:
     """``(structure, values)``: overrides that change the config's composition (config groups, ``+``, ``~``,
     ``hydra.``) as strings, and the parsed plain value changes."""
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
-    structure, values = [], []
+    groups = config_groups()
+    structure: list[str] = []
+    values: list[Override] = []
     for text, override in zip(job, OverridesParser.create().parse_overrides(job), strict=True):
         key = override.get_key_element()
         plain = (override.type == OverrideType.CHANGE and override.package is None
                  and key.split(".")[0] != "hydra" and key.split("/")[0] not in groups)
-        (values if plain else structure).append(override if plain else text)
+        if plain:
+            values.append(override)
+        else:
+            structure.append(text)
     return structure, values
 
 
-def with_values(cfg: DictConfig, values: list[Any]) -> DictConfig | None:
+def with_values(cfg: DictConfig, values: list[Override]) -> DictConfig | None:
     """A copy of ``cfg`` with the parsed value overrides set; None when one of them is refused."""
     if not values:
         return cfg

@@ -36,6 +36,12 @@ def compose_config(config_name: str = "trial", overrides: Sequence[str] = ()) ->
         raise UserInputError(f"{' '.join(overrides) or config_name}: {' '.join(str(exc).split())}") from exc
 
 
+@functools.lru_cache(maxsize=1)
+def config_groups() -> frozenset[str]:
+    """The config groups of ``conf/`` (its sub-directories: ``attack``, ``model``, ``hydra``, ...)."""
+    return frozenset(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
 def attack_names() -> list[str]:
     """Every attack of ``conf/attack/``."""
     return sorted(p.stem for p in (CONF_DIR / "attack").glob("*.yaml"))
