@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from rgap.harness.schema import read_table
+from scripts.benchtrials import load_note
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 1:
         parser.error(f"--trials {args.trials}: give at least 1")
     results = args.keep or Path(tempfile.mkdtemp(prefix="overhead-"))
-    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores: above ~0.5 the machine is not quiet)")
+    print(f"before: {load_note()}")
     wall, attack, rows = measure(args.trials, args.model, args.dataset, results)
     print(f"{rows} R-GAP trials on {args.model}/{args.dataset} (basic launcher, one process, metrics.lpips=false)")
     print(f"sweep wall time {wall:.2f} s | sum of time_s {attack:.2f} s | "
           f"overhead per trial {(wall - attack) / rows:.3f} s (wall - sum) / {rows}")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"after: {load_note()}")
     if args.keep is None:
         shutil.rmtree(results, ignore_errors=True)
     return 0

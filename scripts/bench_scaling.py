@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rgap.core.atomic import atomic_write_text
 from rgap.core.errors import UserInputError
 from scripts.benchtrials import BUSY_LOAD, attack_info, load_note, run_main
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if max(res["load"] for res in results) > BUSY_LOAD:
         print(f"\nNOTE: timings taken under load (load average up to {max(r['load'] for r in results):.2f}).")
     if args.json:
-        args.json.write_text(json.dumps({"overrides": overrides, "results": results}, indent=1, default=str))
+        atomic_write_text(args.json, json.dumps({"overrides": overrides, "results": results}, indent=1, default=str))
     return 0
 
 
