@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from rgap.core.atomic import atomic_write_text
+from rgap.core.atomic import atomic_write_text, make_dirs
 from scripts.benchtrials import attack_info, load_note, median, ok_rows, peak_rss_mb, run_main, run_rows
 
 PRECISIONS = ("float64", "float32")
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the rows and the peak memory to this JSON file (scripts.bench_scaling)")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides of the trial config")
     args = parser.parse_args(argv)
+    if args.json is not None:
+        make_dirs(args.json.parent)  # an unwritable place fails now, not after every trial has run
     base = ["attack=rgap", *args.overrides]
     print(f"R-GAP trials: {' '.join(base)}, images 0..{args.images - 1}, torch {torch.__version__}, {load_note()}",
           flush=True)

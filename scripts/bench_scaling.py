@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rgap.core.atomic import atomic_write_text
+from rgap.core.atomic import atomic_write_text, make_dirs
 from rgap.core.errors import UserInputError
 from scripts.benchtrials import BUSY_LOAD, attack_info, load_note, run_main
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides of the trial config")
     args = parser.parse_args(argv)
+    if args.json is not None:
+        make_dirs(args.json.parent)  # an unwritable place fails now, not after every size has run
     bad = [s for s in args.sizes if s < 8]
     if bad:
         raise UserInputError(f"--sizes {bad}: give sides of at least 8 px.")

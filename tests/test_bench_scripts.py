@@ -63,8 +63,10 @@ def test_bench_attacks_prints_the_ratio_per_setup(capsys: pytest.CaptureFixture)
     ["-m", "scripts.bench_rgap", "--images", "0"],
     ["-m", "scripts.bench_attacks", "--setups", "no_such_setup", "--images", "1"],
     ["-m", "scripts.bench_scaling", "--sizes", "4"],
-], ids=["typo", "no-images", "unknown-setup", "tiny-size"])
+    ["-m", "scripts.bench_rgap", "--images", "1", "--json", "/etc/passwd/rows.json"],
+], ids=["typo", "no-images", "unknown-setup", "tiny-size", "json-under-a-file"])
 def test_bad_benchmark_input_is_one_paragraph_and_exit_2(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:"), proc.stderr
+    assert "image  0" not in proc.stdout  # refused before any trial ran
