@@ -213,6 +213,30 @@ def test_structured_rank_matches_matrix_rank(cfg: tuple) -> None:
         assert torch.allclose(null.basis.T @ null.basis, torch.eye(inv.n - null.rank, dtype=DTYPE), atol=1e-10)
 
 
+@pytest.mark.parametrize("cfg", FULL_RANK + DEFICIENT, ids=lambda c: f"c{c[0]}x{c[1]}x{c[2]}-f{c[3]}-s{c[5]}")
+@pytest.mark.parametrize("route", ["taps", "conv"])
+def test_weight_gram_on_channel_images_matches_autograd(cfg: tuple, route: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Y^T A^T A Y`` for ``Y = I_C (x) V`` (the reduced rank problem) by either route equals the product with
+    the autograd Jacobian of the layer."""
+    monkeypatch.setattr(structured, "TAP_PAIRS_LIMIT", 1 << 40 if route == "taps" else 0)
+    if route == "taps":  # force the tap route even where the conv route is cheaper
+        monkeypatch.setattr(structured.ConvSystem, "_tap_route_cheaper", staticmethod(lambda *a: True))
+    inv = _conv(cfg, 21)
+    data = _data(inv, 22, 0.0)
+    ja = torch.autograd.functional.jacobian(
+        lambda v: torch.func.functional_call(inv.layer, {"weight": inv.layer.weight.detach()},
+                                             (v.unsqueeze(0),))[0].reshape(-1),
+        torch.zeros(inv.input_shape, dtype=DTYPE)).reshape(-1, inv.n)
+    channels, height, width = inv.input_shape
+    m = 5
+    images = torch.randn(m, 1, height, width, generator=torch.Generator().manual_seed(23), dtype=DTYPE)
+    y = torch.einsum("cd,jp->cpdj", torch.eye(channels, dtype=DTYPE), images.reshape(m, -1)).reshape(inv.n, -1)
+    system = structured.ConvSystem(inv, data["k"], data["g"], data["z"], balance=False)
+    expected = y.T @ (ja.T @ ja) @ y
+    assert _rel(system._weight_gram_on(images), expected) < 1e-12
+
+
 def test_weight_certificate_route(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the reduced route disabled, a full-rank A certifies the rank from A^T A alone (once per weights)."""
     monkeypatch.setattr(structured, "REDUCED_LIMIT", 0)

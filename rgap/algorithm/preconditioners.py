@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rgap.algorithm import weightcache
 from rgap.algorithm.circulant import TorusGramInverse
 
 
@@ -105,20 +106,21 @@ def build(name: str, system: ConvSystem) -> Preconditioner:
     return BUILDERS[name](system)
 
 
-def _mean_weight_eigenvalue(system: ConvSystem) -> float:
-    """Mean eigenvalue of ``wa A^T A``: (trace G - trace(wk I (x) B)) / N."""
-    trace_k = system.wk * system.channels * float((system.k0 * system.k0).sum())
-    return max((float(system.op.diagonal.sum()) - trace_k) / system.n, 1e-300)
-
-
-def _torus(system: ConvSystem, gamma: float, exact_margin: int = 0) -> TorusGramInverse:
+def _torus(system: ConvSystem, exact_margin: int) -> TorusGramInverse:
+    """``(T + gamma I)^-1`` of the layer's periodic Gram ``T`` (``gamma = TORUS_SHIFT`` times its mean eigenvalue),
+    which depends on the weights only: built once per weights and geometry (``rgap.algorithm.weightcache``).
+    ``(wa T + wa gamma I)^-1`` is this divided by ``wa``."""
     inv = system.inverter
-    return TorusGramInverse(inv.weight(system.k), inv.input_shape, inv.stride, inv.padding, system.wa, gamma,
-                            exact_margin=exact_margin)
+    weight = inv.weight(system.k)
+    key = weightcache.weight_key(weight, "torus", inv.input_shape, inv.stride, inv.padding, TORUS_SHIFT,
+                                 exact_margin)
+    return weightcache.cached(key, lambda: TorusGramInverse(weight, inv.input_shape, inv.stride, inv.padding, 1.0,
+                                                            TORUS_SHIFT, relative=True, exact_margin=exact_margin))
 
 
 def lowrank(system: ConvSystem) -> Preconditioner:
-    """``M^-1 r = S (r - U Cap^-1 U^T S r)`` with ``Cap = (wk Lam)^-1 + U^T S U`` (C r0 x C r0).
+    """``M^-1 r = S (r - U Cap^-1 U^T S r)`` with ``Cap = (wk Lam)^-1 + U^T S U`` (C r0 x C r0) and
+    ``S = S1 / wa`` (``S1``: the cached ``_torus``).
 
     ``U^T`` and ``U`` go through the sparse ``K0`` (``ConvSystem.to_range`` / ``from_range``), never a dense
     P x r0 basis on large images.
@@ -126,9 +128,10 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     channels, pixels = system.channels, system.pixels
     lam, _ = system.range_factors()
     rank_b = int(lam.numel())
-    periodic = _torus(system, TORUS_SHIFT * _mean_weight_eigenvalue(system), EXACT_MARGIN)
+    periodic = _torus(system, EXACT_MARGIN)
+    inverse_wa = 1.0 / system.wa
     if rank_b == 0:
-        return periodic
+        return lambda r: periodic(r) * inverse_wa
     # U^T S U, one input channel at a time: columns V1[:, j] placed in channel c (only that channel transformed).
     # The reduction by U^T uses the dense basis V1 when it is small, else the sparse K0.
     dense = pixels * rank_b <= DENSE_BASIS_ENTRIES
@@ -150,15 +153,15 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     if margin is not None:  # U^T S_exact U = U^T S U - X^T ([S]_mm)^-1 X, X = [S U]_m
         half = torch.linalg.solve_triangular(periodic.margin_chol, margin.T, upper=False)
         cap -= half.T @ half
-    cap = 0.5 * (cap + cap.T)
+    cap = (0.5 * inverse_wa) * (cap + cap.T)  # U^T S U
     cap.diagonal().add_((1.0 / (system.wk * lam)).repeat(channels))
     chol = torch.linalg.cholesky(cap)
 
     def apply(r: torch.Tensor) -> torch.Tensor:
-        s = periodic(r)
+        s = periodic(r).mul_(inverse_wa)
         u = system.to_range(s.reshape(channels, pixels)).reshape(-1, 1)
         w = torch.cholesky_solve(u, chol).reshape(channels, rank_b)
-        return periodic(r - system.from_range(w).reshape(-1))
+        return periodic(r - system.from_range(w).reshape(-1)).mul_(inverse_wa)
 
     return apply
 
@@ -199,8 +202,10 @@ def shared_torus(system: ConvSystem) -> Preconditioner:
     safe = torch.where(traces > 0, traces, torch.ones_like(traces))
     scale = system.wa * traces / pixels  # a_c
     mix = (pixels / channels) / safe
-    periodic = TorusGramInverse(inv.weight(system.k), inv.input_shape, inv.stride, inv.padding, 1.0, SHARED_SHIFT,
-                                mix=mix, relative=True)
+    weight = inv.weight(system.k)
+    key = weightcache.weight_key(weight, "torus mix", inv.input_shape, inv.stride, inv.padding, SHARED_SHIFT)
+    periodic = weightcache.cached(key, lambda: TorusGramInverse(weight, inv.input_shape, inv.stride, inv.padding,
+                                                                1.0, SHARED_SHIFT, mix=mix, relative=True))
     k0 = system.k0  # [r, P]
     applied = periodic(k0)  # S K0^T, one column per row of K0: [r, P]
     small = applied @ k0.T  # K0 S K0^T

@@ -60,6 +60,8 @@ REDUCED_LIMIT = 2048
 #: ... and forming it costs at most this many multiply-adds, and B is at most this large (P x P eigen-solve).
 REDUCED_COST = 4e9
 REDUCED_PIXELS = 2048
+#: ``_weight_gram_on`` takes the tap route only when its ``(taps m)^2`` pair matrix has at most this many entries.
+TAP_PAIRS_LIMIT = 1 << 23
 #: Eigenvalues of wk B within this factor above the rank cut-off are treated as candidates for the null space.
 GAP = 1e4
 #: Layers with at most this many unknowns are solved on one CPU thread (see ``solve_conv``).
@@ -232,17 +234,7 @@ class ConvSystem:
         n0, lam0 = vecs[:, null], lam_all[null]  # [P, m0]
         m0 = n0.shape[1]
         channels, (height, width) = self.channels, self.inverter.input_shape[1:]
-        weight = self.inverter.weight(self.k)  # [F, C, kh, kw]
-        n_out = weight.shape[0]
-        images = n0.T.reshape(m0, 1, height, width)
-        kernels = weight.transpose(0, 1).reshape(channels * n_out, 1, *weight.shape[2:])
-        stride, padding = self.inverter.stride, self.inverter.padding
-        out = torch.nn.functional.conv2d(images, kernels, stride=stride, padding=padding)  # A (N0_j in channel c)
-        out = out.reshape(m0, channels, n_out, *out.shape[2:]).transpose(0, 1).reshape(channels * m0, n_out,
-                                                                                         *out.shape[2:])
-        gram_columns = torch.nn.grad.conv2d_input((channels * m0, channels, height, width), weight, out, stride,
-                                                  padding)  # A^T A N, one column (c, j) per batch entry
-        reduced = self.wa * (gram_columns.reshape(channels * m0, channels, -1) @ n0).reshape(channels * m0, -1)
+        reduced = self.wa * self._weight_gram_on(n0.T.reshape(m0, 1, height, width))
         reduced = 0.5 * (reduced + reduced.T)
         reduced.diagonal().add_((self.wk * lam0.clamp(min=0.0)).repeat(channels))
         # A Cholesky factorisation of N^T G N - cut I exists iff every eigenvalue is above the cut: full rank.
@@ -257,6 +249,47 @@ class ConvSystem:
         y0 = _null_vectors(reduced, d, cut).reshape(channels, m0, d)
         basis = torch.einsum("pj,cjd->cpd", n0, y0).reshape(self.n, d)
         return NullSpace(self.n - d, basis, "reduced")
+
+    @staticmethod
+    def _tap_route_cheaper(channels: int, m: int, n_out: int, taps: int, outputs: int, pixels: int) -> bool:
+        """Multiply-adds of ``_weight_gram_on``'s tap route against its conv route."""
+        taps_cost = float(taps * m) ** 2 * outputs + float(taps * channels * m) ** 2
+        conv_cost = 2.0 * channels * m * n_out * outputs * channels * taps + float(channels * m) ** 2 * pixels
+        return taps_cost <= conv_cost
+
+    def _weight_gram_on(self, images: torch.Tensor) -> torch.Tensor:
+        """``Y^T A^T A Y`` for ``Y = I_C (x) V`` (``V``: the ``m`` single-channel ``images`` [m, 1, H, W] as
+        columns): [C m, C m] with rows ``(c, j)``, by the cheaper of two routes.
+
+        * taps: ``(A Y)^T (A Y)`` sums over outputs and kernel taps, so entry ``((c, j), (d, l))`` is
+          ``sum_{t, u} Mw[t, u][c, d] Np[t, u][j, l]`` with ``Mw[t, u] = W[:, :, t]^T W[:, :, u]`` (weights only)
+          and ``Np[t, u][j, l] = sum_o v_j[pixel of tap t at o] v_l[pixel of tap u at o]`` (image patches):
+          one ``(taps^2, C^2) x (taps^2, m^2)`` product. Cheap when ``taps m`` is small against ``C^2 F``.
+        * conv: ``A^T A`` applied to each of the ``C m`` columns (a convolution and its transpose), then ``V^T``.
+        """
+        inv = self.inverter
+        weight = inv.weight(self.k)  # [F, C, kh, kw]
+        n_out, channels, m = weight.shape[0], self.channels, images.shape[0]
+        taps = weight.shape[2] * weight.shape[3]
+        outputs = inv.output_shape[1] * inv.output_shape[2]
+        cheaper = self._tap_route_cheaper(channels, m, n_out, taps, outputs, self.pixels)
+        if cheaper and (taps * m) ** 2 <= TAP_PAIRS_LIMIT:
+            flat = weight.reshape(n_out, channels * taps)
+            mixing = (flat.T @ flat).reshape(channels, taps, channels, taps).permute(1, 3, 0, 2)
+            patches = torch.nn.functional.unfold(images, inv.kernel, padding=inv.padding, stride=inv.stride)
+            rows = patches.transpose(0, 1).reshape(taps * m, -1)  # [(t, j), L]
+            pairs = (rows @ rows.T).reshape(taps, m, taps, m).permute(0, 2, 1, 3)  # [t, u, j, l]
+            gram = mixing.reshape(taps * taps, channels * channels).T @ pairs.reshape(taps * taps, m * m)
+            return gram.reshape(channels, channels, m, m).permute(0, 2, 1, 3).reshape(channels * m, channels * m)
+        height, width = inv.input_shape[1:]
+        kernels = weight.transpose(0, 1).reshape(channels * n_out, 1, *weight.shape[2:])
+        out = torch.nn.functional.conv2d(images, kernels, stride=inv.stride, padding=inv.padding)  # A (v_j in c)
+        out = out.reshape(m, channels, n_out, *out.shape[2:]).transpose(0, 1).reshape(channels * m, n_out,
+                                                                                       *out.shape[2:])
+        columns = torch.nn.grad.conv2d_input((channels * m, channels, height, width), weight, out, inv.stride,
+                                             inv.padding)  # A^T A (v_j in channel c), one per batch entry
+        basis = images.reshape(m, -1).T  # [P, m]
+        return (columns.reshape(channels * m, channels, -1) @ basis).reshape(channels * m, -1)
 
     # -------------------------------------------------------------------------------- preconditioners
     def preconditioner(self) -> tuple[str, Preconditioner]:
