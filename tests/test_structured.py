@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from rgap.algorithm import preconditioners, structured, weightcache
+from rgap.algorithm import inverters, preconditioners, structured, weightcache
 from rgap.algorithm.circulant import TorusGramInverse, border_free, periodic_lam_min
 from rgap.algorithm.composite import make_stage_inverter
 from rgap.algorithm.inverters import Conv2dInverter, make_inverter
@@ -235,6 +235,23 @@ def test_weight_gram_on_channel_images_matches_autograd(cfg: tuple, route: str,
     system = structured.ConvSystem(inv, data["k"], data["g"], data["z"], balance=False)
     expected = y.T @ (ja.T @ ja) @ y
     assert _rel(system._weight_gram_on(images), expected) < 1e-12
+
+
+@pytest.mark.parametrize("cfg", FULL_RANK + DEFICIENT, ids=lambda c: f"c{c[0]}x{c[1]}x{c[2]}-f{c[3]}-s{c[5]}")
+@pytest.mark.parametrize("scatter_cost", [0, 10**9], ids=["scatter", "product"])
+def test_gradient_block_matches_autograd(cfg: tuple, scatter_cost: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``B = K0^T K0`` by the per-tap scatter or the dense product equals the channel-diagonal block of
+    ``K^T K`` from the autograd Jacobian of dl/dW."""
+    monkeypatch.setattr(inverters, "SCATTER_COST", scatter_cost)
+    inv = _conv(cfg, 24)
+    data = _data(inv, 25, 0.0)
+    matrix, _ = _stacked(inv, data, False)
+    jk = matrix[: data["g"].numel()]
+    pixels = inv.input_shape[1] * inv.input_shape[2]
+    expected = (jk.T @ jk)[:pixels, :pixels]
+    block = inv.gradient_block(data["k"])
+    assert _rel(block, expected) < 1e-13
+    assert torch.equal(block, block.T) or scatter_cost > 0
 
 
 def test_weight_certificate_route(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,6 +36,9 @@ from rgap.core.errors import UnsupportedLayerError
 
 #: Conv2d layers with at most this many unknowns keep their weight Gram matrix in ``rgap.algorithm.weightcache``.
 CACHED_GRAM_LIMIT = 1024
+#: ``Conv2dInverter.gradient_block`` scatters when ``SCATTER_COST L^2 < (H W)^2 F`` (measured on this project's
+#: layers: one index-add costs about as much as 50 multiply-adds of the dense product).
+SCATTER_COST = 50
 
 
 @dataclass(frozen=True)
@@ -322,13 +325,15 @@ class Conv2dInverter(LayerInverter):
     ) -> Solution:
         """As the base class; with ``options.solver == "structured"`` and more than ``STRUCTURED_MIN`` unknowns,
         the structured solve of ``rgap.algorithm.structured`` (falls back to the dense path when it cannot decide the
-        rank of a layer small enough for it)."""
-        if options is not None and options.solver == "structured" and self.n > STRUCTURED_MIN:
-            solution = solve_conv(self, k, grad_w, z, balance, options)
-            if solution is not None:
-                solution.x = solution.x.to(k.dtype)
-                return solution
-            return solve_gram(*self.normal_equations(k, grad_w, z, balance))
+        rank of a layer small enough for it; dense layers then form ``B`` by ``gradient_block``'s scatter)."""
+        if options is not None and options.solver == "structured":
+            if self.n > STRUCTURED_MIN:
+                solution = solve_conv(self, k, grad_w, z, balance, options)
+                if solution is not None:
+                    solution.x = solution.x.to(k.dtype)
+                    return solution
+            if self.n <= options.dense_limit:
+                return solve_gram(*self.normal_equations(k, grad_w, z, balance, scatter_block=True))
         return super().solve(k, grad_w, z, balance, options)
 
     def _channel_block(self, k: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -411,12 +416,39 @@ class Conv2dInverter(LayerInverter):
         basis = torch.eye(self.n, dtype=like.dtype, device=like.device).reshape(self.n, *self.input_shape)
         return F.conv2d(basis, self.weight(like), stride=self.stride, padding=self.padding)
 
-    def _gradient_block(self, k: torch.Tensor, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K0^T K0 (the block every input channel shares) and K^T vec(grad_w)."""
+    def gradient_block(self, k: torch.Tensor, k0: torch.Tensor | None = None) -> torch.Tensor:
+        """``B = K0^T K0`` [H*W, H*W], the gradient-constraint block every input channel shares (``k0``: the
+        ``channel_matrix`` when already at hand).
+
+        ``B[p(o, t), p(o', t)] += sum_f k[f, o] k[f, o']`` for every tap ``t`` (``p(o, t)``: the pixel tap ``t``
+        reads at output ``o``): one ``L x L`` product of ``k`` scattered once per tap, instead of the
+        ``(H W)^2 F kh kw`` product of ``K0``, when the scatter is cheaper (an index-add costs about
+        ``SCATTER_COST`` multiply-adds).
+        """
+        _, height, width = self.input_shape
+        pixels, n_out = height * width, self.output_shape[0]
+        kmat = k.reshape(n_out, -1)  # [F, L]
+        outputs = kmat.shape[1]
+        if SCATTER_COST * outputs * outputs >= pixels * pixels * n_out:
+            k0 = self.channel_matrix(k) if k0 is None else k0
+            return k0.T @ k0
+        products = kmat.T @ kmat
+        products = (0.5 * (products + products.T)).reshape(-1)  # [L * L], exactly symmetric
+        taps = self._tap_pixels(k.device)  # [kh*kw, L], H*W on the zero padding
+        block = k.new_zeros((pixels + 1) * (pixels + 1))
+        for tap in taps:
+            block.index_add_(0, (tap.unsqueeze(1) * (pixels + 1) + tap.unsqueeze(0)).reshape(-1), products)
+        return block.reshape(pixels + 1, pixels + 1)[:pixels, :pixels].contiguous()
+
+    def _gradient_block(self, k: torch.Tensor, grad_w: torch.Tensor,
+                        scatter_block: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K0^T K0 (the block every input channel shares; by ``gradient_block`` with ``scatter_block``, else the
+        product of version 1) and K^T vec(grad_w)."""
         channels = self.input_shape[0]
         k0 = self.channel_matrix(k)
         g = grad_w.reshape(grad_w.shape[0], channels, -1).permute(0, 2, 1).reshape(k0.shape[0], channels)
-        return k0.T @ k0, (k0.T @ g).T.reshape(-1)
+        block = self.gradient_block(k, k0) if scatter_block else k0.T @ k0
+        return block, (k0.T @ g).T.reshape(-1)
 
     def gradient_normal(self, k: torch.Tensor, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         block, rhs = self._gradient_block(k, grad_w)
@@ -459,12 +491,14 @@ class Conv2dInverter(LayerInverter):
         return weightcache.cached(key, lambda: self.weight_gram(like)).clone()
 
     def normal_equations(
-        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False
+        self, k: torch.Tensor, grad_w: torch.Tensor, z: torch.Tensor | None, balance: bool = False,
+        scatter_block: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As the base class, adding the channel-block-diagonal K^T K in place (no block_diag copy)."""
+        """As the base class, adding the channel-block-diagonal K^T K in place (no block_diag copy);
+        ``scatter_block``: see ``_gradient_block``."""
         if z is None:
             return self.gradient_normal(k, grad_w)
-        block, rhs = self._gradient_block(k, grad_w)
+        block, rhs = self._gradient_block(k, grad_w, scatter_block)
         gram = self._weight_gram_copy(k)
         channels, pixels = self.input_shape[0], block.shape[0]
         wk, wa = 1.0, 1.0

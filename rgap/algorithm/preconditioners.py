@@ -43,6 +43,7 @@ class ConvSystem(Protocol):
     wk: float
     wa: float
 
+    def block(self) -> torch.Tensor: ...
     def block_eigen(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def block_range(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def range_factors(self) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -176,7 +177,7 @@ def shared(system: ConvSystem) -> Preconditioner:
     scale = system.wa * traces / pixels  # a_c
     abar.diagonal().add_(SHARED_SHIFT * float(abar.diagonal().mean()))
     chol = torch.linalg.cholesky(abar)
-    block = system.k0.T @ system.k0
+    block = system.block()
     half = torch.linalg.solve_triangular(chol, block, upper=False)  # L^-1 B
     lam, u = torch.linalg.eigh(torch.linalg.solve_triangular(chol, half.T, upper=False))  # L^-1 B L^-T
     x = torch.linalg.solve_triangular(chol.T, u, upper=True)  # L^-T U

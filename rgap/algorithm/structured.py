@@ -53,6 +53,7 @@ class Conv2dInverter(Protocol):
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
     def input_vjp(self, k: torch.Tensor) -> torch.Tensor: ...
     def channel_matrix(self, k: torch.Tensor) -> torch.Tensor: ...
+    def gradient_block(self, k: torch.Tensor, k0: torch.Tensor | None = None) -> torch.Tensor: ...
     def normal_operator(self, *args: Any, **kwargs: Any) -> NormalOperator: ...
 
 #: Reduced rank problem ``N^T G N`` when null(I (x) B) has at most this many directions ...
@@ -98,17 +99,24 @@ class ConvSystem:
         self.op: NormalOperator = inverter.normal_operator(k, grad_w, z, balance)
         self.wk, self.wa = self.op.weights
         self.k0 = inverter.channel_matrix(k)  # [r, P]
+        self._block: torch.Tensor | None = None
         self.kmat = k.reshape(inverter.output_shape[0], -1)  # [F, L]
         n_out, taps = inverter.output_shape[0], inverter.kernel[0] * inverter.kernel[1]
         outputs = inverter.output_shape[1] * inverter.output_shape[2]
         if self.pixels <= 2 * taps * n_out * outputs / self.pixels:  # C P^2 <= 2 C taps F L
-            self.op.matvec.use_channel_block(self.wk * (self.k0.T @ self.k0))
+            self.op.matvec.use_channel_block(self.wk * self.block())
         self._lam_max: float | None = None
         self._range: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eig: tuple[torch.Tensor, torch.Tensor, bool] | None = None
         self._range_factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ spectra
+    def block(self) -> torch.Tensor:
+        """``B = K0^T K0`` [P, P] (computed once; ``Conv2dInverter.gradient_block``)."""
+        if self._block is None:
+            self._block = self.inverter.gradient_block(self.k, self.k0)
+        return self._block
+
     def lam_max(self) -> float:
         """An estimate of lambda_max(G) from above: ``wk lambda_max(B) + wa lambda_max(A^T A)`` (at most 2x high).
 
@@ -129,7 +137,7 @@ class ConvSystem:
         ``K0 K0^T`` (``pixels=False``: left singular vectors of K0); same nonzero eigenvalues."""
         if self._eig is None:
             if self.pixels <= self.k0.shape[0]:
-                lam, vecs = torch.linalg.eigh(self.k0.T @ self.k0)
+                lam, vecs = torch.linalg.eigh(self.block())
                 self._eig = (lam, vecs, True)
             else:
                 lam, vecs = torch.linalg.eigh(self.k0 @ self.k0.T)
@@ -141,7 +149,7 @@ class ConvSystem:
         lam, vecs, pixels = self._spectrum()
         if pixels:
             return lam, vecs
-        return torch.linalg.eigh(self.k0.T @ self.k0)
+        return torch.linalg.eigh(self.block())
 
     def block_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenvalues ``lam`` of B with ``wk lam`` above the cut-off and an orthonormal basis [P, r0] of their
