@@ -72,6 +72,10 @@ TORUS_SHIFT = 1e-4
 SHARED_SHIFT = 1e-10
 #: ``lowrank`` forms B's range basis V1 (P x r0) densely for its set-up when it has at most this many entries.
 DENSE_BASIS_ENTRIES = 1 << 24
+#: ``shared`` only from this many pixels per channel (and when its products cost at most one CG product by G):
+#: on smaller blocks its P x P products cost more than the steps they save (CNN6 at 32 px, conv2-conv6: 458 steps
+#: in 0.36 s per image against 556 Jacobi steps in 0.30 s).
+SHARED_MIN_PIXELS = 256
 #: Large images: ``shared_torus`` when rank B is below this fraction of the pixels, else ``jacobi``.
 SPARSE_GRADIENT_FRACTION = 0.25
 #: Vectors per batch when the ``lowrank`` capacitance matrix is formed.
@@ -83,7 +87,10 @@ def choose(channels: int, pixels: int, rank_b: int, outputs: int, taps: int, blo
     and ``kh kw = taps``.
 
     ``lowrank`` if ``C r0 <= LOWRANK_LIMIT``; else, with at most ``SHARED_PIXELS`` pixels, ``capacitance`` when
-    B is singular and its matrix costs at most ``CAPACITANCE_COST``, else ``shared``. Larger images:
+    B is singular and its matrix costs at most ``CAPACITANCE_COST``, else ``shared`` when it pays (at least
+    ``SHARED_MIN_PIXELS`` pixels and its ``2 C P^2`` multiply-adds per step at most those of a product by G:
+    ``2 C taps |z|`` for the weights plus ``min(C P^2, 2 C taps |z|)`` for the gradient block; measured on
+    CNN6-W at 64 px it cuts conv3-conv5's steps by a quarter to a third), else ``jacobi``. Larger images:
     ``shared_torus`` (same iterations as ``shared``, products cheaper than its dense P x P ones) when B's rank is
     below ``SPARSE_GRADIENT_FRACTION`` of the pixels, else ``jacobi``. Measured on CNN6-W at 128 px (one
     thread): where B has a large rank the layer is well conditioned and plain CG's cheap steps win (conv3:
@@ -96,7 +103,11 @@ def choose(channels: int, pixels: int, rank_b: int, outputs: int, taps: int, blo
         cost = float(outputs) ** 3 / 3 + float(outputs) ** 2 * channels * taps
         if block_singular and cost <= CAPACITANCE_COST:
             return "capacitance"
-        return "shared"
+        weights = 2.0 * channels * taps * outputs
+        product = weights + min(float(channels) * pixels * pixels, weights)
+        if pixels >= SHARED_MIN_PIXELS and 2.0 * channels * pixels * pixels <= product:
+            return "shared"
+        return "jacobi"
     if rank_b < SPARSE_GRADIENT_FRACTION * pixels:
         return "shared_torus"
     return "jacobi"
