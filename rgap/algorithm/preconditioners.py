@@ -250,8 +250,8 @@ def capacitance(system: ConvSystem) -> Preconditioner:
 
     ``Cap`` is formed without N x N work: ``Cap[(f, o), (g, q)] = sum_{t, u} Binv[p(o, t), p(q, u)] Mw[t, u][f, g]``
     with ``Binv = (wk (B + delta I))^-1`` (P x P, shared by all channels), ``p(o, t)`` the pixel that tap ``t`` of
-    output ``o`` reads and ``Mw[t, u] = sum_c W[:, c, t] W[:, c, u]^T``: one product of an ``(L^2, taps^2)``
-    gather of ``Binv`` with the ``(taps^2, F^2)`` matrix ``Mw``.
+    output ``o`` reads and ``Mw[t, u] = sum_c W[:, c, t] W[:, c, u]^T``: one product of an ``(L (L + 1) / 2, taps^2)``
+    gather of ``Binv`` (output pairs ``o <= q``; the others by symmetry) with the ``(taps^2, F^2)`` matrix ``Mw``.
     """
     inv, channels, pixels = system.inverter, system.channels, system.pixels
     lam, q = system.block_eigen()  # B = Q Lam Q^T
@@ -261,16 +261,17 @@ def capacitance(system: ConvSystem) -> Preconditioner:
     weight = inv.weight(system.k)  # [F, C, kh, kw]
     n_out = weight.shape[0]
     taps = weight.shape[2] * weight.shape[3]
-    tap_pixels = inv._tap_pixels(block_inverse.device).T.reshape(-1)  # (o, t) -> pixel, P on the padding
-    outputs = tap_pixels.numel() // taps
+    rows, cols, flat = _output_pair_taps(inv, block_inverse.device)
     padded = torch.zeros(pixels + 1, pixels + 1, dtype=block_inverse.dtype, device=block_inverse.device)
     padded[:pixels, :pixels] = block_inverse
-    gathered = padded[tap_pixels][:, tap_pixels].reshape(outputs, taps, outputs, taps)
-    gathered = gathered.permute(0, 2, 1, 3).reshape(outputs * outputs, taps * taps)
     w = weight.reshape(n_out, channels, taps)
     mixing = torch.einsum("fct,gcu->tufg", w, w).reshape(taps * taps, n_out * n_out)
-    cap = (gathered @ mixing).reshape(outputs, outputs, n_out, n_out).permute(2, 0, 3, 1)
-    cap = cap.reshape(n_out * outputs, n_out * outputs)
+    pairs = (padded.view(-1)[flat] @ mixing).reshape(-1, n_out, n_out)  # Cap[(., o), (., q)] for o <= q
+    outputs = int(rows.max()) + 1
+    blocks = torch.empty(outputs, outputs, n_out, n_out, dtype=pairs.dtype, device=pairs.device)
+    blocks[rows, cols] = pairs
+    blocks[cols, rows] = pairs.transpose(1, 2)  # Cap is symmetric: the (q, o) block is the (o, q) one transposed
+    cap = blocks.permute(2, 0, 3, 1).reshape(n_out * outputs, n_out * outputs)
     cap = 0.5 * (cap + cap.T)
     cap.diagonal().add_(1.0 / system.wa)
     chol = torch.linalg.cholesky(cap)
@@ -286,6 +287,25 @@ def capacitance(system: ConvSystem) -> Preconditioner:
         return y - d_inverse(inv.input_vjp(w_out).reshape(-1))
 
     return apply
+
+
+def _output_pair_taps(inverter: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output pairs ``o <= q`` (``rows``, ``cols``: [L (L + 1) / 2]) and, per pair, the flat index of
+    ``Binv[p(o, t), p(q, u)]`` for every tap pair ``(t, u)`` in a (P + 1) x (P + 1) matrix whose last row and column
+    stand for the zero padding: [L (L + 1) / 2, taps^2]. Geometry only: computed once per layer shape."""
+    key = (inverter.input_shape, inverter.kernel, inverter.stride, inverter.padding, str(device))
+    if key not in _PAIR_TAPS:
+        tap_pixels = inverter._tap_pixels(device).T  # [L, taps]: pixel of tap t at output o (P on the padding)
+        outputs, pixels = tap_pixels.shape[0], inverter.input_shape[1] * inverter.input_shape[2]
+        rows, cols = torch.triu_indices(outputs, outputs, device=device)
+        flat = tap_pixels[rows].unsqueeze(2) * (pixels + 1) + tap_pixels[cols].unsqueeze(1)  # [pairs, t, u]
+        _PAIR_TAPS[key] = (rows, cols, flat.reshape(rows.numel(), -1))
+        if len(_PAIR_TAPS) > 8:
+            _PAIR_TAPS.pop(next(iter(_PAIR_TAPS)))
+    return _PAIR_TAPS[key]
+
+
+_PAIR_TAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
 BUILDERS: dict[str, Callable[[ConvSystem], Preconditioner]] = {
