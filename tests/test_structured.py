@@ -347,6 +347,27 @@ def test_torus_inverse_is_exact_away_from_the_border(cfg: tuple) -> None:
     plane = v[0].reshape(-1)
     image = wa * sum(mix[i] * grams[i] for i in range(c)) @ plane + gamma * plane
     assert _rel(single(image), plane) < 1e-12
+    low = torus.lowered()  # the float32 copy that preconditioner set-ups use
+    image = wa * inv.input_vjp(inv.forward(v)) + gamma * v
+    lowered = low(image.reshape(-1).float())
+    assert lowered.dtype == torch.float32 and _rel(lowered.double(), v.reshape(-1)) < 1e-4  # float32 round-off
+    assert torus.inverse.dtype == torch.complex128 and low is torus.lowered()
+
+
+@pytest.mark.parametrize("lowered", [True, False], ids=["float32-setup", "float64-setup"])
+def test_lowrank_setup_precision_keeps_cg_exact(lowered: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lowrank`` forms its capacitance matrix in float32 or float64: either way CG reaches the dense solution to
+    round-off in a handful of steps (the float32 set-up only perturbs the preconditioner)."""
+    monkeypatch.setattr(preconditioners, "LOWERED_SETUP", lowered)
+    inv = _conv((3, 16, 16, 12, (4, 4), 2, 2), 30)
+    data = _data(inv, 31, 0.0)
+    matrix, values = _stacked(inv, data, True)
+    dense = torch.linalg.lstsq(matrix, values.unsqueeze(1)).solution.reshape(-1)
+    system = structured.ConvSystem(inv, data["k"], data["g"], data["z"], balance=True)
+    assert system.preconditioner()[0] == "lowrank"
+    solution = system.solve(STRUCTURED, None)
+    assert solution.converged and solution.iterations <= 10
+    assert _rel(solution.x, dense) < 1e-10
 
 
 def test_channel_weight_grams_are_the_diagonal_blocks() -> None:

@@ -16,6 +16,7 @@ so for images far from the border; the preconditioners of ``rgap.algorithm.struc
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -116,6 +117,17 @@ class TorusGramInverse:
         self.margin_chol: torch.Tensor | None = None  # Cholesky factor of [T^-1]_mm
         if exact_margin:
             self._exact_margin(exact_margin)
+
+    def lowered(self) -> TorusGramInverse:
+        """The same operator in float32 / complex64 (a shallow copy, made once): for building preconditioners,
+        whose set-up needs no float64 accuracy."""
+        if getattr(self, "_lowered", None) is None:
+            low = copy.copy(self)
+            low.inverse = self.inverse.to(torch.complex64)
+            low.margin_chol = None if self.margin_chol is None else self.margin_chol.to(torch.float32)
+            low._lowered = low
+            self._lowered = low
+        return self._lowered
 
     @property
     def n(self) -> int:

@@ -78,6 +78,8 @@ DENSE_BASIS_ENTRIES = 1 << 24
 SHARED_MIN_PIXELS = 256
 #: Large images: ``shared_torus`` when rank B is below this fraction of the pixels, else ``jacobi``.
 SPARSE_GRADIENT_FRACTION = 0.25
+#: ``lowrank`` forms its capacitance matrix in float32 (with the dense basis; see ``lowrank``).
+LOWERED_SETUP = True
 #: Vectors per batch when the ``lowrank`` capacitance matrix is formed.
 _CHUNK = 64
 
@@ -145,26 +147,32 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     if rank_b == 0:
         return lambda r: periodic(r) * inverse_wa
     # U^T S U, one input channel at a time: columns V1[:, j] placed in channel c (only that channel transformed).
-    # The reduction by U^T uses the dense basis V1 when it is small, else the sparse K0.
+    # The reduction by U^T uses the dense basis V1 when it is small, else the sparse K0. With the dense basis the
+    # matrix is formed in float32 (LOWERED_SETUP): its entries then carry a relative error of about 1e-7, a
+    # preconditioner that stays symmetric positive definite (it is applied in float64) and costs CG a step or two.
     dense = pixels * rank_b <= DENSE_BASIS_ENTRIES
-    basis = system.block_range()[1] if dense else None
+    lowered = dense and LOWERED_SETUP
+    setup = periodic.lowered() if lowered else periodic
+    dtype = torch.float32 if lowered else torch.float64
+    basis = system.block_range()[1].to(dtype) if dense else None
     eye = torch.eye(rank_b, dtype=torch.float64, device=lam.device)
-    cap = torch.empty(channels * rank_b, channels * rank_b, dtype=torch.float64, device=lam.device)
+    cap = torch.empty(channels * rank_b, channels * rank_b, dtype=dtype, device=lam.device)
     margin = None if periodic.margin is None else torch.empty(channels * rank_b, periodic.margin.numel(),
-                                                               dtype=torch.float64, device=lam.device)
+                                                               dtype=dtype, device=lam.device)
     for start in range(0, rank_b, _CHUNK):
         stop = min(start + _CHUNK, rank_b)
         images = basis[:, start:stop].T if dense else system.from_range(eye[start:stop])  # [m, P]: V1 columns
         for c in range(channels):
-            applied, outside = periodic.raw_channel(images, c)
+            applied, outside = setup.raw_channel(images, c)
             applied = applied.reshape(stop - start, channels, pixels)
             reduced = applied @ basis if dense else system.to_range(applied)
             cap[c * rank_b + start : c * rank_b + stop] = reduced.reshape(stop - start, -1)
             if margin is not None:
                 margin[c * rank_b + start : c * rank_b + stop] = outside
     if margin is not None:  # U^T S_exact U = U^T S U - X^T ([S]_mm)^-1 X, X = [S U]_m
-        half = torch.linalg.solve_triangular(periodic.margin_chol, margin.T, upper=False)
+        half = torch.linalg.solve_triangular(setup.margin_chol, margin.T, upper=False)
         cap -= half.T @ half
+    cap = cap.to(torch.float64)
     cap = (0.5 * inverse_wa) * (cap + cap.T)  # U^T S U
     cap.diagonal().add_((1.0 / (system.wk * lam)).repeat(channels))
     chol = torch.linalg.cholesky(cap)
