@@ -5,7 +5,8 @@ Each builder takes a :class:`rgap.algorithm.structured.ConvSystem` and returns `
 
 * ``lowrank``: ``M = S^-1 + wk U Lam U^T`` with ``S`` the periodic Gram inverse of ``wa A^T A`` with every
   channel coupling (``rgap.algorithm.circulant``, slightly shifted) and ``U Lam U^T = I (x) B`` restricted to B's range
-  (``C r0`` directions), inverted by the Woodbury identity. For layers with few input channels.
+  (``C r0`` directions), inverted by the Woodbury identity (its ``C r0 x C r0`` matrix formed in float32). For
+  layers with few input channels.
 * ``capacitance``: ``M = wk I (x) (B + delta I) + wa A^T A`` inverted exactly by the Woodbury identity over
   the weight constraints (an ``|z| x |z|`` capacitance matrix), ``delta`` a tiny shift that makes the
   gradient block invertible: ``M`` is ``G`` up to that shift, so CG needs a handful of iterations. For
@@ -16,7 +17,8 @@ Each builder takes a :class:`rgap.algorithm.structured.ConvSystem` and returns `
   so applying it is two products with a shared ``P x P`` matrix. Nearly as good as the exact channel blocks.
 * ``shared_torus``: ``shared`` with ``Abar`` replaced by its periodic model (``rgap.algorithm.circulant``) and ``B`` by
   the Woodbury identity over its ``F kh kw`` rows, so that nothing P x P is formed. For large images.
-* ``jacobi``: the inverse diagonal of ``G``, for large layers that plain CG solves quickly anyway.
+* ``jacobi``: the inverse diagonal of ``G``, for large layers that plain CG solves quickly anyway, and for small
+  channel blocks, where ``shared``'s P x P products cost more than the CG steps they save.
 """
 
 from __future__ import annotations
