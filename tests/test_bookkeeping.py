@@ -330,8 +330,10 @@ def test_benchmark_without_multirun_is_a_one_job_sweep(tmp_path):
 
 
 def test_ctrl_c_during_a_sweep_says_how_to_resume(tmp_path):
+    # 60 jobs of about 0.2 s: the interrupt must land while the sweep still runs, even when the test process is
+    # slow to notice the first row (10 jobs were done before it did under a loaded CI run).
     args = [sys.executable, "-m", "runners.benchmark", "-m", "attack=rgap", "model=fcn3", "dataset=sample_gray",
-            "index=0,1,2,3,4,5,6,7,8,9", "metrics.lpips=false", f"paths.results={tmp_path}"]
+            "index=range(0,60)", "metrics.lpips=false", f"paths.results={tmp_path}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not completed_rows(tmp_path / "sweeps" / "default") and time.time() < deadline:
@@ -341,7 +343,7 @@ def test_ctrl_c_during_a_sweep_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err and "Traceback" not in out
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "interrupted:" in lines[0] and "/10 rows done" in lines[0]
+    assert len(lines) == 1 and "interrupted:" in lines[0] and "/60 rows done" in lines[0]
     assert "run the same command again to resume" in lines[0]
     assert not list((tmp_path / "sweeps" / "default").rglob("*.tmp*"))
     for path in completed_rows(tmp_path / "sweeps" / "default"):
