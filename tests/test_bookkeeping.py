@@ -329,12 +329,19 @@ def test_benchmark_without_multirun_is_a_one_job_sweep(tmp_path):
     assert "(row exists)" in again.stdout
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default disposition (a shell that starts the tests in the background sets SIGINT to
+    ignored, which the child would inherit, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_sweep_says_how_to_resume(tmp_path):
-    # 60 jobs of about 0.2 s: the interrupt must land while the sweep still runs, even when the test process is
-    # slow to notice the first row (10 jobs were done before it did under a loaded CI run).
+    # 60 jobs of about 0.2 s: the interrupt lands while the sweep still runs even when the test is slow to see
+    # the first row.
     args = [sys.executable, "-m", "runners.benchmark", "-m", "attack=rgap", "model=fcn3", "dataset=sample_gray",
             "index=range(0,60)", "metrics.lpips=false", f"paths.results={tmp_path}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 300
     while not completed_rows(tmp_path / "sweeps" / "default") and time.time() < deadline:
         time.sleep(0.05)
