@@ -113,6 +113,7 @@ class TorusGramInverse:
         blocks.diagonal(dim1=-2, dim2=-1).add_(gamma)
         self.inverse = torch.linalg.inv(blocks)
         self.size = size
+        self._lowered: TorusGramInverse | None = None  # the float32 copy, made by ``lowered``
         self.margin: torch.Tensor | None = None
         self.margin_chol: torch.Tensor | None = None  # Cholesky factor of [T^-1]_mm
         if exact_margin:
@@ -121,7 +122,7 @@ class TorusGramInverse:
     def lowered(self) -> TorusGramInverse:
         """The same operator in float32 / complex64 (a shallow copy, made once): for building preconditioners,
         whose set-up needs no float64 accuracy."""
-        if getattr(self, "_lowered", None) is None:
+        if self._lowered is None:
             low = copy.copy(self)
             low.inverse = self.inverse.to(torch.complex64)
             low.margin_chol = None if self.margin_chol is None else self.margin_chol.to(torch.float32)

@@ -122,16 +122,18 @@ def build(name: str, system: ConvSystem) -> Preconditioner:
     return BUILDERS[name](system)
 
 
-def _torus(system: ConvSystem, exact_margin: int) -> TorusGramInverse:
-    """``(T + gamma I)^-1`` of the layer's periodic Gram ``T`` (``gamma = TORUS_SHIFT`` times its mean eigenvalue),
-    which depends on the weights only: built once per weights and geometry (``rgap.algorithm.weightcache``).
+def _torus(system: ConvSystem, shift: float, exact_margin: int = 0,
+           mix: torch.Tensor | None = None) -> TorusGramInverse:
+    """``(T + gamma I)^-1`` of the layer's periodic Gram ``T`` (``gamma = shift`` times its mean eigenvalue; with
+    ``mix``, which derives from the weights, the single-channel combination of ``TorusGramInverse``). It depends on
+    the weights only: built once per weights and geometry (``rgap.algorithm.weightcache``).
     ``(wa T + wa gamma I)^-1`` is this divided by ``wa``."""
     inv = system.inverter
     weight = inv.weight(system.k)
-    key = weightcache.weight_key(weight, "torus", inv.input_shape, inv.stride, inv.padding, TORUS_SHIFT,
-                                 exact_margin)
+    key = weightcache.weight_key(weight, "torus", inv.input_shape, inv.stride, inv.padding, shift, exact_margin,
+                                 mix is not None)
     return weightcache.cached(key, lambda: TorusGramInverse(weight, inv.input_shape, inv.stride, inv.padding, 1.0,
-                                                            TORUS_SHIFT, relative=True, exact_margin=exact_margin))
+                                                            shift, mix=mix, relative=True, exact_margin=exact_margin))
 
 
 def lowrank(system: ConvSystem) -> Preconditioner:
@@ -144,7 +146,7 @@ def lowrank(system: ConvSystem) -> Preconditioner:
     channels, pixels = system.channels, system.pixels
     lam, _ = system.range_factors()
     rank_b = int(lam.numel())
-    periodic = _torus(system, EXACT_MARGIN)
+    periodic = _torus(system, TORUS_SHIFT, EXACT_MARGIN)
     inverse_wa = 1.0 / system.wa
     if rank_b == 0:
         return lambda r: periodic(r) * inverse_wa
@@ -224,10 +226,7 @@ def shared_torus(system: ConvSystem) -> Preconditioner:
     safe = torch.where(traces > 0, traces, torch.ones_like(traces))
     scale = system.wa * traces / pixels  # a_c
     mix = (pixels / channels) / safe
-    weight = inv.weight(system.k)
-    key = weightcache.weight_key(weight, "torus mix", inv.input_shape, inv.stride, inv.padding, SHARED_SHIFT)
-    periodic = weightcache.cached(key, lambda: TorusGramInverse(weight, inv.input_shape, inv.stride, inv.padding,
-                                                                1.0, SHARED_SHIFT, mix=mix, relative=True))
+    periodic = _torus(system, SHARED_SHIFT, mix=mix)
     k0 = system.k0  # [r, P]
     applied = periodic(k0)  # S K0^T, one column per row of K0: [r, P]
     small = applied @ k0.T  # K0 S K0^T
@@ -302,20 +301,17 @@ def capacitance(system: ConvSystem) -> Preconditioner:
 def _output_pair_taps(inverter: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output pairs ``o <= q`` (``rows``, ``cols``: [L (L + 1) / 2]) and, per pair, the flat index of
     ``Binv[p(o, t), p(q, u)]`` for every tap pair ``(t, u)`` in a (P + 1) x (P + 1) matrix whose last row and column
-    stand for the zero padding: [L (L + 1) / 2, taps^2]. Geometry only: computed once per layer shape."""
-    key = (inverter.input_shape, inverter.kernel, inverter.stride, inverter.padding, str(device))
-    if key not in _PAIR_TAPS:
+    stand for the zero padding: [L (L + 1) / 2, taps^2]. Geometry only: computed once per layer shape
+    (``rgap.algorithm.weightcache``)."""
+    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tap_pixels = inverter._tap_pixels(device).T  # [L, taps]: pixel of tap t at output o (P on the padding)
         outputs, pixels = tap_pixels.shape[0], inverter.input_shape[1] * inverter.input_shape[2]
         rows, cols = torch.triu_indices(outputs, outputs, device=device)
         flat = tap_pixels[rows].unsqueeze(2) * (pixels + 1) + tap_pixels[cols].unsqueeze(1)  # [pairs, t, u]
-        _PAIR_TAPS[key] = (rows, cols, flat.reshape(rows.numel(), -1))
-        if len(_PAIR_TAPS) > 8:
-            _PAIR_TAPS.pop(next(iter(_PAIR_TAPS)))
-    return _PAIR_TAPS[key]
+        return rows, cols, flat.reshape(rows.numel(), -1)
 
-
-_PAIR_TAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    key = ("output pair taps", inverter.input_shape, inverter.kernel, inverter.stride, inverter.padding, str(device))
+    return weightcache.cached(key, compute)
 
 
 BUILDERS: dict[str, Callable[[ConvSystem], Preconditioner]] = {

@@ -2,7 +2,8 @@
 
 R-GAP attacks many images of one model: ``A^T A`` of a small convolution, or spectral bounds of it, are the
 same for all of them. Entries are keyed by the layer geometry and a digest of the weight values (so a
-changed weight is a different key), and the least recently used entries are dropped beyond ``MAX_ENTRIES``.
+changed weight is a different key; quantities of the geometry alone by the geometry), and the least recently used
+entries are dropped beyond ``MAX_ENTRIES``.
 Callers get the stored object itself: they must not modify it (clone first).
 """
 
