@@ -38,6 +38,14 @@ STARTED_FILE = ".sweep_started"
 TOTAL_FILE = ".sweep_total"
 #: Sweeps with more jobs than this are checked one composed config per swept value, not per job.
 CHECK_EVERY_JOB_UP_TO = 64
+#: Override lists of the jobs this process has composed and checked (``hydra/sweeper=checked`` skips
+#: composing them a second time).
+_CHECKED_JOBS: set[tuple[str, ...]] = set()
+
+
+def checked_jobs() -> frozenset[tuple[str, ...]]:
+    """Override lists (as the basic sweeper writes them) of the jobs ``check_jobs`` composed and checked."""
+    return frozenset(_CHECKED_JOBS)
 
 
 def job_overrides(task_overrides: list[str]) -> list[list[str]]:
@@ -74,7 +82,7 @@ def representative_jobs(jobs: list[list[str]]) -> list[list[str]]:
     return picked
 
 
-def check_jobs(config_name: str, jobs: list[list[str]]) -> None:
+def check_jobs(config_name: str, jobs: list[list[str]]) -> list[list[str]]:
     """Compose and check every job config (or one per swept value); the first problem is a ``UserInputError``.
 
     Jobs that differ from a composed one only in plain values (``index=3``, ``attack.lr=0.1``: no config group,
@@ -86,7 +94,8 @@ def check_jobs(config_name: str, jobs: list[list[str]]) -> None:
     from hydra.errors import HydraException
 
     composed: dict[tuple[str, ...], DictConfig] = {}
-    for job in representative_jobs(jobs):
+    checked = representative_jobs(jobs)
+    for job in checked:
         where = f"sweep job `{' '.join(job)}`" if job else "the sweep"
         try:
             structure, values = split_overrides(job)
@@ -100,6 +109,7 @@ def check_jobs(config_name: str, jobs: list[list[str]]) -> None:
             raise UserInputError(f"{where}: {exc} No trial was run.") from exc
         except (HydraException, OmegaConfBaseException) as exc:
             raise UserInputError(f"{where}: {' '.join(str(exc).split())} No trial was run.") from exc
+    return checked
 
 
 def split_overrides(job: list[str]) -> tuple[list[str], list[Override]]:
@@ -185,7 +195,7 @@ class SweepCallback(Callback):
             sweep_dir = sweep_dir_of(config)
             params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
             jobs = job_overrides([*params, *config.hydra.overrides.task])
-            check_jobs(str(config.hydra.job.config_name), jobs)
+            _CHECKED_JOBS.update(tuple(job) for job in check_jobs(str(config.hydra.job.config_name), jobs))
             _start(sweep_dir, len(jobs))
 
         _exit_on_user_error(start)
