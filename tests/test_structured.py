@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rgap.algorithm import inverters, preconditioners, structured, weightcache
-from rgap.algorithm.circulant import TorusGramInverse, border_free, periodic_lam_min
+from rgap.algorithm.circulant import TorusGramInverse, border_free, fft_size, periodic_lam_min, torus_grid
 from rgap.algorithm.composite import make_stage_inverter
 from rgap.algorithm.inverters import Conv2dInverter, make_inverter
 from rgap.algorithm.network import read_stages
@@ -368,6 +368,53 @@ def test_lowrank_setup_precision_keeps_cg_exact(lowered: bool, monkeypatch: pyte
     solution = system.solve(STRUCTURED, None)
     assert solution.converged and solution.iterations <= 10
     assert _rel(solution.x, dense) < 1e-10
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.01], ids=["consistent", "noisy"])
+@pytest.mark.parametrize("cfg", [FULL_RANK[0], FULL_RANK[1], FULL_RANK[2], DEFICIENT[0], DEFICIENT[1]],
+                         ids=["s1", "s2-k4", "s2-k3", "deficient-f1", "deficient-s3"])
+def test_shared_torus_applied_in_float32_keeps_cg_exact(cfg: tuple, noise: float,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shared_torus`` forced on the same layers with ``LOWERED_APPLY`` off and on: CG reaches the dense
+    (minimum-norm) solution to round-off either way; on full-rank layers the float32 application takes about as
+    many steps, and rank-deficient layers (CG projected on the null space's complement) keep the float64 one."""
+    monkeypatch.setattr(preconditioners, "choose", lambda *args: "shared_torus")
+    inv = _conv(cfg, 32)
+    data = _data(inv, 33, noise)
+    dense = solve_gram(*inv.normal_equations(data["k"], data["g"], data["z"], True))
+    steps = {}
+    for lowered in (False, True):
+        monkeypatch.setattr(preconditioners, "LOWERED_APPLY", lowered)
+        sol = solve_conv(inv, data["k"], data["g"], data["z"], True, STRUCTURED)
+        assert sol.preconditioner == "shared_torus" and sol.converged and sol.rank == dense.rank
+        assert _rel(sol.x, dense.x) < 1e-8
+        steps[lowered] = sol.iterations
+    if dense.rank < inv.n:
+        assert steps[True] == steps[False]
+    else:
+        assert steps[True] <= steps[False] + max(3, steps[False] // 10), steps
+
+
+def test_float32_application_is_what_the_flag_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``build(float32=True)`` applies ``shared_torus`` in float32 (its output differs from the float64 one at
+    float32 round-off, not at float64's); with ``LOWERED_APPLY`` off it is float64."""
+    inv = _conv(FULL_RANK[1], 34)
+    data = _data(inv, 35, 0.0)
+    system = structured.ConvSystem(inv, data["k"], data["g"], data["z"], balance=True)
+    r = torch.randn(inv.n, generator=torch.Generator().manual_seed(36), dtype=DTYPE)
+    exact = preconditioners.build("shared_torus", system)(r)
+    assert _rel(preconditioners.build("shared_torus", system, float32=True)(r), exact) > 1e-12
+    assert _rel(preconditioners.build("shared_torus", system, float32=True)(r), exact) < 1e-5
+    monkeypatch.setattr(preconditioners, "LOWERED_APPLY", False)
+    assert _rel(preconditioners.build("shared_torus", system, float32=True)(r), exact) < 1e-14
+
+
+def test_fft_size_is_the_next_2_3_5_smooth_number() -> None:
+    smooth = sorted({2**a * 3**b * 5**c for a in range(12) for b in range(8) for c in range(6)})
+    for n in range(1, 1000):
+        assert fft_size(n) == next(m for m in smooth if m >= n), n
+    assert torus_grid((3, 113, 113), (3, 3), (2, 2)) == (58, 58)  # 58 = 2 x 29
+    assert torus_grid((3, 113, 113), (3, 3), (2, 2), fast=True) == (60, 60)
 
 
 def test_channel_weight_grams_are_the_diagonal_blocks() -> None:

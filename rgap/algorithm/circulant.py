@@ -21,25 +21,47 @@ import math
 
 import torch
 
+#: ``TorusGramInverse`` rounds its grid up to FFT-friendly sizes (``torus_grid(fast=True)``).
+FAST_GRID = True
 #: Largest batch of vectors pushed through one inverse application (bounds the FFT buffers).
 _CHUNK = 64
 
 
-def torus_grid(input_shape: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, int]) -> tuple[int, int]:
-    """``(M_h, M_w)``: the polyphase grid of the torus, ``s M >= H + kh`` (no kernel window wraps the image)."""
+def torus_grid(input_shape: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, int],
+               fast: bool = False) -> tuple[int, int]:
+    """``(M_h, M_w)``: the polyphase grid of the torus, ``s M >= H + kh`` (no kernel window wraps the image).
+
+    ``fast``: each side rounded up to the next size whose only prime factors are 2, 3 and 5 (``fft_size``), on
+    which the FFTs are several times faster than on sizes with a large prime factor (58 = 2 x 29: 2.2x)."""
     (height, width), (kh, kw), (sh, sw) = input_shape[1:], kernel, stride
-    return math.ceil((height + kh) / sh), math.ceil((width + kw) / sw)
+    grid = math.ceil((height + kh) / sh), math.ceil((width + kw) / sw)
+    return (fft_size(grid[0]), fft_size(grid[1])) if fast else grid
+
+
+def fft_size(n: int) -> int:
+    """The smallest ``m >= n`` of the form ``2^a 3^b 5^c``."""
+    m = max(n, 1)
+    while True:
+        rest = m
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return m
+        m += 1
 
 
 def periodic_gram(weight: torch.Tensor, input_shape: tuple[int, int, int], stride: tuple[int, int],
-                  padding: tuple[int, int], wa: float = 1.0, mix: torch.Tensor | None = None) -> torch.Tensor:
+                  padding: tuple[int, int], wa: float = 1.0, mix: torch.Tensor | None = None,
+                  grid: tuple[int, int] | None = None) -> torch.Tensor:
     """The Fourier blocks of ``wa T`` (``T = A_per^T A_per``) on the half spectrum of ``rfft2``:
     [M_h, M_w // 2 + 1, C s_h s_w, C s_h s_w], or with ``mix`` the blocks of ``wa sum_c mix[c] T_cc``:
-    [M_h, M_w // 2 + 1, s_h s_w, s_h s_w]. The other half of the spectrum holds their complex conjugates."""
+    [M_h, M_w // 2 + 1, s_h s_w, s_h s_w]. The other half of the spectrum holds their complex conjugates.
+    ``grid``: ``(M_h, M_w)``, at least ``torus_grid``'s (the default)."""
     channels = input_shape[0]
     n_out, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
-    mh, mw = torus_grid(input_shape, (kh, kw), stride)
+    mh, mw = grid or torus_grid(input_shape, (kh, kw), stride)
     cplx = torch.complex128
     weight = weight.to(torch.float64)
     device = weight.device
@@ -104,9 +126,9 @@ class TorusGramInverse:
         (sh, sw) = stride
         self.stride = (sh, sw)
         self.input_shape = (channels if mix is None else 1, height, width)
-        self.mh, self.mw = torus_grid(input_shape, weight.shape[2:], stride)
+        self.mh, self.mw = torus_grid(input_shape, weight.shape[2:], stride, fast=FAST_GRID)
         self.nh, self.nw = sh * self.mh, sw * self.mw
-        blocks = periodic_gram(weight, input_shape, stride, padding, wa, mix)
+        blocks = periodic_gram(weight, input_shape, stride, padding, wa, mix, grid=(self.mh, self.mw))
         size = blocks.shape[-1]
         if relative:  # gamma relative to the mean eigenvalue of T
             gamma = gamma * float(blocks.diagonal(dim1=-2, dim2=-1).real.mean())

@@ -82,6 +82,11 @@ SHARED_MIN_PIXELS = 256
 SPARSE_GRADIENT_FRACTION = 0.25
 #: ``lowrank`` forms its capacitance matrix in float32 (with the dense basis; see ``lowrank``).
 LOWERED_SETUP = True
+#: Apply ``shared_torus`` in float32 where CG is not projected on a null space (CG's products, residuals and
+#: iterates stay float64).
+#: Not ``lowrank``: its Woodbury correction cancels most of ``S r`` on B's range, and in float32 CG then failed
+#: to converge on a small noise-free layer.
+LOWERED_APPLY = True
 #: Vectors per batch when the ``lowrank`` capacitance matrix is formed.
 _CHUNK = 64
 
@@ -117,8 +122,11 @@ def choose(channels: int, pixels: int, rank_b: int, outputs: int, taps: int, blo
     return "jacobi"
 
 
-def build(name: str, system: ConvSystem) -> Preconditioner:
-    """The preconditioner ``name`` (a key of ``BUILDERS``) for ``system``."""
+def build(name: str, system: ConvSystem, float32: bool = False) -> Preconditioner:
+    """The preconditioner ``name`` (a key of ``BUILDERS``) for ``system``; with ``float32`` (CG is not projected on
+    a null space) and ``LOWERED_APPLY``, those of ``FLOAT32_APPLIED`` are applied in float32."""
+    if float32 and LOWERED_APPLY and name in FLOAT32_APPLIED:
+        return FLOAT32_APPLIED[name](system)
     return BUILDERS[name](system)
 
 
@@ -215,11 +223,16 @@ def shared(system: ConvSystem) -> Preconditioner:
     return apply
 
 
-def shared_torus(system: ConvSystem) -> Preconditioner:
+def shared_torus(system: ConvSystem, float32: bool = False) -> Preconditioner:
     """``shared`` for large images: ``M_c = wk B + a_c Abar`` with ``Abar`` the periodic model of the mean channel
     block (``rgap.algorithm.circulant``, ``mix``) and ``B = K0^T K0`` of rank at most ``r = F kh kw < P``, inverted by
     Woodbury: with ``S = Abar^-1`` and ``K0 S K0^T = E Sig E^T`` (r x r, shared by all channels),
     ``M_c^-1 = (S - S K0^T E diag(1 / (a_c / wk + sig)) E^T K0 S) / a_c``.
+
+    ``float32``: applied in float32 (set up in float64), about 1.6x faster per application (two FFTs and two
+    products by the sparse ``K0`` per step); measured on CNN6-W the same CG steps to 1e-13 (conv2 at 224 px:
+    2,236 against 2,234). Not under the null-space projection of a rank-deficient layer: there the float32
+    round-off cost up to 60 % more steps on small random layers.
     """
     inv, channels, pixels = system.inverter, system.channels, system.pixels
     traces = inv.channel_weight_traces(system.k)
@@ -233,11 +246,14 @@ def shared_torus(system: ConvSystem) -> Preconditioner:
     sig, e = torch.linalg.eigh(0.5 * (small + small.T))
     weights = 1.0 / (scale.unsqueeze(1) / system.wk + sig.clamp(min=0.0).unsqueeze(0))  # [C, r]
     inverse_scale = (1.0 / scale).unsqueeze(1)
+    if float32:
+        periodic, e, weights, inverse_scale = (periodic.lowered(), e.float(), weights.float(), inverse_scale.float())
+    et = e.T.contiguous()
 
     def apply(r: torch.Tensor) -> torch.Tensor:
-        y = periodic(r.reshape(channels, pixels))  # S r_c
+        y = periodic(r.reshape(channels, pixels).to(e.dtype))  # S r_c
         t = (system.gradient_rows(y) @ e).mul_(weights)  # diag(...) E^T K0 S r_c
-        return ((y - periodic(system.gradient_cols(t @ e.T))) * inverse_scale).reshape(-1)
+        return ((y - periodic(system.gradient_cols(t @ et))) * inverse_scale).reshape(-1).to(r.dtype)
 
     return apply
 
@@ -316,4 +332,8 @@ def _output_pair_taps(inverter: Any, device: torch.device) -> tuple[torch.Tensor
 
 BUILDERS: dict[str, Callable[[ConvSystem], Preconditioner]] = {
     "lowrank": lowrank, "capacitance": capacitance, "shared": shared, "shared_torus": shared_torus, "jacobi": jacobi,
+}
+#: The float32-applied variants (``build`` with ``float32``).
+FLOAT32_APPLIED: dict[str, Callable[[ConvSystem], Preconditioner]] = {
+    "shared_torus": lambda system: shared_torus(system, float32=True),
 }

@@ -109,6 +109,7 @@ class ConvSystem:
         self._range: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eig: tuple[torch.Tensor, torch.Tensor, bool] | None = None
         self._range_factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._lowered: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------ spectra
     def block(self) -> torch.Tensor:
@@ -175,7 +176,7 @@ class ConvSystem:
 
         Through the sparse ``K0`` (``gradient_rows``) when B's eigenvectors are not formed (``P > r``)."""
         self.range_factors()
-        scaled = self._range_factors[2]
+        scaled = self._in_dtype("range basis", self._range_factors[2], v.dtype)
         if self._eig[2]:
             return v @ scaled
         return self.gradient_rows(v) @ scaled
@@ -183,10 +184,19 @@ class ConvSystem:
     def from_range(self, w: torch.Tensor) -> torch.Tensor:
         """The adjoint of ``to_range``: [..., C, r0] -> [..., C, P] (``V1 w_c``)."""
         self.range_factors()
-        scaled = self._range_factors[2]
+        scaled = self._in_dtype("range basis", self._range_factors[2], w.dtype)
         if self._eig[2]:
             return w @ scaled.T
         return self.gradient_cols(w @ scaled.T)
+
+    def _in_dtype(self, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``tensor`` in ``dtype`` (a float32 copy made once, for preconditioners applied in float32)."""
+        if tensor.dtype == dtype:
+            return tensor
+        key = (name, dtype)
+        if key not in self._lowered:
+            self._lowered[key] = tensor.to(dtype)
+        return self._lowered[key]
 
     def gradient_rows(self, v: torch.Tensor) -> torch.Tensor:
         """``K0 v_c`` for every channel image: [..., P] -> [..., r] (one correlation with ``k``, as dl/dW)."""
@@ -195,7 +205,7 @@ class ConvSystem:
         lead = v.shape[:-1]
         patches = torch.nn.functional.unfold(v.reshape(-1, 1, height, width), inv.kernel, padding=inv.padding,
                                              stride=inv.stride)  # [m, taps, L]
-        rows = patches @ self.kmat.T  # [m, taps, F]
+        rows = patches @ self._in_dtype("k", self.kmat, v.dtype).T  # [m, taps, F]
         return rows.transpose(1, 2).reshape(*lead, -1)
 
     def gradient_cols(self, y: torch.Tensor) -> torch.Tensor:
@@ -204,7 +214,7 @@ class ConvSystem:
         height, width = inv.input_shape[1:]
         lead = y.shape[:-1]
         n_out = self.kmat.shape[0]
-        cols = y.reshape(-1, n_out, y.shape[-1] // n_out).transpose(1, 2) @ self.kmat  # [m, taps, L]
+        cols = y.reshape(-1, n_out, y.shape[-1] // n_out).transpose(1, 2) @ self._in_dtype("k", self.kmat, y.dtype)
         images = torch.nn.functional.fold(cols, (height, width), inv.kernel, padding=inv.padding, stride=inv.stride)
         return images.reshape(*lead, -1)
 
@@ -300,18 +310,19 @@ class ConvSystem:
         return (columns.reshape(channels * m, channels, -1) @ basis).reshape(channels * m, -1)
 
     # -------------------------------------------------------------------------------- preconditioners
-    def preconditioner(self) -> tuple[str, Preconditioner]:
-        """``(name, apply)``: the preconditioner of ``rgap.algorithm.preconditioners`` chosen for this layer's sizes."""
+    def preconditioner(self, float32: bool = False) -> tuple[str, Preconditioner]:
+        """``(name, apply)``: the preconditioner of ``rgap.algorithm.preconditioners`` chosen for this layer's sizes
+        (``float32``: it may be applied in float32, see ``preconditioners.build``)."""
         rank_b = int(self.range_factors()[0].numel())
         outputs = int(torch.Size(self.inverter.output_shape).numel())
         taps = self.inverter.kernel[0] * self.inverter.kernel[1]
         name = preconditioners.choose(self.channels, self.pixels, rank_b, outputs, taps, rank_b < self.pixels)
-        return name, preconditioners.build(name, self)
+        return name, preconditioners.build(name, self, float32=float32)
 
     def solve(self, options: SolveOptions, null: NullSpace | None) -> Solution:
         """CG with the chosen preconditioner; projected on ``null``'s complement when it has a basis."""
-        name, apply = self.preconditioner()
         basis = null.basis if null is not None else None
+        name, apply = self.preconditioner(float32=basis is None)  # not under a null-space projection
         if basis is not None:  # keep CG in range(G): the preconditioner projected on null(G)'s complement
             plain = apply
 
