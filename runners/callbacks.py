@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rgap.core.atomic import atomic_write_text, make_dirs
 from rgap.core.errors import UserInputError
-from rgap.core.validation import as_name
+from rgap.core.validation import as_int, as_name
 from rgap.harness.collect import collect
 from rgap.harness.compose import config_groups
 from rgap.harness.sweep import check_sweep_config, scan_sweep
@@ -193,6 +193,12 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         def start() -> None:
             sweep_dir = sweep_dir_of(config)
+            batch = config.hydra.sweeper.get("max_batch_size")
+            try:
+                if batch is not None:
+                    as_int(batch, "hydra.sweeper.max_batch_size", 1, meaning="jobs per batch, null: all at once")
+            except UserInputError as exc:
+                raise UserInputError(f"{exc} No trial was run.") from exc
             params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
             jobs = job_overrides([*params, *config.hydra.overrides.task])
             _CHECKED_JOBS.update(tuple(job) for job in check_jobs(str(config.hydra.job.config_name), jobs))

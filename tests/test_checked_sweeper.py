@@ -89,3 +89,21 @@ def test_hydra_finds_the_sweeper_in_a_fresh_process():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "CheckedSweeper" in proc.stdout and "BasicSweeper" in proc.stdout
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "1.5", "true"])
+def test_a_bad_batch_size_is_one_paragraph_before_any_trial(tmp_path, value):
+    proc = counted_sweep(tmp_path, "index=0,1", f"hydra.sweeper.max_batch_size={value}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert message.startswith("error: hydra.sweeper.max_batch_size=") and "give a whole number >= 1" in message
+    assert message.endswith("No trial was run.") and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "results").rglob("row.csv"))
+
+
+def test_batches_of_one_job_still_compose_each_job_once(tmp_path):
+    proc = counted_sweep(tmp_path, "index=0,1,2", "hydra.sweeper.max_batch_size=1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("compositions: "))
+    assert [job[-1] for job in eval(line.removeprefix("compositions: "))] == ["index=0", "index=1", "index=2"]  # noqa: S307
+    assert "3/3 rows (ok 3" in proc.stdout
