@@ -97,6 +97,8 @@ def make_cases(work: Path) -> list[Case]:
         Case("sweep: sweep_name=../../../../elsewhere", ["runners.benchmark", "-m", *FAST,
                                                          "sweep_name=../../../../elsewhere", res], 2, nothing_outside),
         Case("sweep: sweep_name=a/b", ["runners.benchmark", "-m", *FAST, "sweep_name=a/b", res], 2),
+        Case("sweep: hydra.sweeper.max_batch_size=0", ["runners.benchmark", "-m", "sweep_name=base", *FAST,
+                                                       "index=0,1", "hydra.sweeper.max_batch_size=0", res], 2),
         Case("sweep: psnr_threshold=nan", ["runners.benchmark", "-m", "sweep_name=base", *FAST, "psnr_threshold=nan",
                                            res], 2),
         Case("sweep: attack=dlg attack.lr=nan", ["runners.benchmark", "-m", "sweep_name=base", *FAST,
