@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -35,13 +36,17 @@ def counted_sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProces
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
+def composed_jobs(proc: subprocess.CompletedProcess) -> list[tuple[str, ...]]:
+    """The override lists ``COUNTING_RUN`` saw composed, one per composition (sorted)."""
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("compositions: "))
+    return ast.literal_eval(line.removeprefix("compositions: "))
+
+
 def test_each_job_is_composed_once(tmp_path):
     proc = counted_sweep(tmp_path, "index=0,1,2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("compositions: "))
-    composed = eval(line.removeprefix("compositions: "))  # noqa: S307 - our own repr of a list of tuples
     # The launcher composes each job once; Hydra's basic sweeper would compose each a second time first.
-    assert [job[-1] for job in composed] == ["index=0", "index=1", "index=2"]
+    assert [job[-1] for job in composed_jobs(proc)] == ["index=0", "index=1", "index=2"]
     assert "3/3 rows (ok 3" in proc.stdout
 
 
@@ -64,7 +69,6 @@ class RecordingLoader:
 
 
 def test_jobs_the_callback_did_not_check_are_still_validated(monkeypatch):
-    pytest.importorskip("hydra")
     from omegaconf import OmegaConf
 
     from runners import callbacks
@@ -104,6 +108,5 @@ def test_a_bad_batch_size_is_one_paragraph_before_any_trial(tmp_path, value):
 def test_batches_of_one_job_still_compose_each_job_once(tmp_path):
     proc = counted_sweep(tmp_path, "index=0,1,2", "hydra.sweeper.max_batch_size=1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("compositions: "))
-    assert [job[-1] for job in eval(line.removeprefix("compositions: "))] == ["index=0", "index=1", "index=2"]  # noqa: S307
+    assert [job[-1] for job in composed_jobs(proc)] == ["index=0", "index=1", "index=2"]
     assert "3/3 rows (ok 3" in proc.stdout
