@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from rgap.algorithm import inverters, preconditioners, structured, weightcache
-from rgap.algorithm.circulant import TorusGramInverse, border_free, fft_size, periodic_lam_min, torus_grid
+from rgap.algorithm.circulant import (
+    TorusGramInverse,
+    border_free,
+    fft_size,
+    hermitian_inverse,
+    periodic_lam_min,
+    torus_grid,
+)
 from rgap.algorithm.composite import make_stage_inverter
 from rgap.algorithm.inverters import Conv2dInverter, make_inverter
 from rgap.algorithm.network import read_stages
@@ -415,6 +422,40 @@ def test_fft_size_is_the_next_2_3_5_smooth_number() -> None:
         assert fft_size(n) == next(m for m in smooth if m >= n), n
     assert torus_grid((3, 113, 113), (3, 3), (2, 2)) == (58, 58)  # 58 = 2 x 29
     assert torus_grid((3, 113, 113), (3, 3), (2, 2), fast=True) == (60, 60)
+
+
+_LARGE_BLOCKS = """
+import torch
+from rgap.algorithm.circulant import TorusGramInverse
+torch.set_num_threads(2)
+torch.manual_seed(0)
+weight = torch.randn(8, 48, 3, 3, dtype=torch.float64)  # 48 channels x 4 phases: 192 x 192 Fourier blocks
+torus = TorusGramInverse(weight, (48, 12, 12), (2, 2), (1, 1), 1.0, 1e-3, relative=True)
+print(torus.size, torch.isfinite(torus.inverse).all().item())
+"""
+
+
+def test_torus_inverse_of_large_blocks_returns_with_two_threads() -> None:
+    """Batched LU with MKL and two threads never returned for ~150 x 150 blocks and more (pytorch #142815);
+    the periodic inverse of a 48-channel stride-2 layer (192 x 192 blocks) must not take that route."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _LARGE_BLOCKS], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["192", "True"]
+    assert "incorrect on entry" not in proc.stderr
+
+
+@pytest.mark.parametrize("definite", [True, False])
+def test_hermitian_inverse_matches_dense_inverse(definite: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 12, 12, dtype=torch.complex128, generator=gen)
+    blocks = a.mH @ a + 0.1 * torch.eye(12, dtype=torch.complex128)
+    if not definite:
+        blocks[2] = -blocks[2]  # Hermitian, negative definite: Cholesky fails, the eigen route takes over
+    expected = torch.stack([torch.linalg.inv(b) for b in blocks])  # unbatched LU, one at a time
+    assert torch.allclose(hermitian_inverse(blocks), expected, rtol=0, atol=1e-12)
 
 
 def test_channel_weight_grams_are_the_diagonal_blocks() -> None:

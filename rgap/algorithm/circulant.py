@@ -106,6 +106,23 @@ def periodic_lam_min(weight: torch.Tensor, input_shape: tuple[int, int, int], st
     return float(torch.linalg.eigvalsh(blocks).min())
 
 
+def hermitian_inverse(blocks: torch.Tensor) -> torch.Tensor:
+    """The inverses of a batch of Hermitian positive definite matrices [..., n, n], without LU.
+
+    By Cholesky; blocks that are not numerically positive definite by eigen-decomposition (``V diag(1 / w) V^H``,
+    what ``torch.linalg.inv`` would give for a Hermitian matrix). Batched LU (``torch.linalg.inv`` / ``solve``) is
+    avoided: with MKL and two or more threads it fails for matrices of about 150 rows and more (pytorch/pytorch
+    #142815); with torch 2.14.1 it printed "Parameter 6 was incorrect on entry to ZLASWP" and never returned.
+    """
+    factor, info = torch.linalg.cholesky_ex(blocks)
+    inverse = torch.cholesky_inverse(factor)
+    failed = info != 0
+    if bool(failed.any()):
+        w, v = torch.linalg.eigh(blocks[failed])
+        inverse[failed] = (v / w.unsqueeze(-2).to(v.dtype)) @ v.mH
+    return inverse
+
+
 class TorusGramInverse:
     """``v -> R (wa T + gamma I)^-1 R^T v`` for the periodic Gram ``T`` of one convolution geometry.
 
@@ -133,7 +150,7 @@ class TorusGramInverse:
         if relative:  # gamma relative to the mean eigenvalue of T
             gamma = gamma * float(blocks.diagonal(dim1=-2, dim2=-1).real.mean())
         blocks.diagonal(dim1=-2, dim2=-1).add_(gamma)
-        self.inverse = torch.linalg.inv(blocks)
+        self.inverse = hermitian_inverse(blocks)
         self.size = size
         self._lowered: TorusGramInverse | None = None  # the float32 copy, made by ``lowered``
         self.margin: torch.Tensor | None = None
