@@ -237,7 +237,7 @@ class ConvSystem:
         if self.pixels <= REDUCED_PIXELS and reduced <= REDUCED_LIMIT and float(reduced) * self.n * m0 <= REDUCED_COST:
             return self._reduced_null_space(cut)
         bounds = weight_bounds(self.inverter)
-        if self.wa * bounds.periodic > cut:
+        if self.wa * bounds.periodic_bound(self.inverter) > cut:
             return NullSpace(self.n, None, "periodic weights")
         if self.wa * bounds.certified_lam_min(self.inverter, allow_weight_certificate) > cut:
             return NullSpace(self.n, None, "weights")
@@ -393,14 +393,26 @@ class WeightBounds:
 
     ``lam_max``: lambda_max(A^T A) by power iteration (slightly low at worst; ``lam_max`` of ``ConvSystem``
     adds the gradient block's, which more than covers it). ``periodic``: a lower bound of lambda_min(A^T A) from
-    the periodic model (``rgap.algorithm.circulant.periodic_lam_min``) when the torus adds no output window inside the
-    image (``border_free``: ``A^T A`` is then a principal submatrix of the periodic Gram), else 0. ``dense``:
-    a certified lower bound from the dense ``A^T A`` (``certified_lam_min``), computed on first use.
+    the periodic model (``periodic_bound``), computed on first use. ``dense``: a certified lower bound from the
+    dense ``A^T A`` (``certified_lam_min``), computed on first use.
     """
 
     lam_max: float
-    periodic: float = 0.0
+    periodic: float | None = None
     dense: float | None = None
+
+    def periodic_bound(self, inverter: Conv2dInverter) -> float:
+        """lambda_min of the periodic model (``rgap.algorithm.circulant.periodic_lam_min``, clipped at 0) when
+        the torus adds no output window inside the image (``border_free``: ``A^T A`` is then a principal
+        submatrix of the periodic Gram), else 0. Computed on first use only: one eigen-decomposition per Fourier
+        block (CNN6-W conv5 at 128 px: 180 blocks of 192 x 192), which layers whose gradient block alone
+        settles the rank never need."""
+        if self.periodic is None:
+            self.periodic = 0.0
+            if border_free(inverter.input_shape, inverter.kernel, inverter.stride, inverter.padding):
+                self.periodic = max(periodic_lam_min(_float64_weight(inverter), inverter.input_shape,
+                                                     inverter.stride, inverter.padding), 0.0)
+        return self.periodic
 
     def certified_lam_min(self, inverter: Conv2dInverter, allow_dense: bool) -> float:
         """The best lower bound of lambda_min(A^T A) at hand (0 if none).
@@ -409,8 +421,9 @@ class WeightBounds:
         estimates lambda_min by inverse iteration on its Cholesky factor and certifies half of it by a Cholesky
         factorisation of ``A^T A - mu I`` (which exists only if lambda_min > mu).
         """
-        if self.periodic > 0.0 or not allow_dense:
-            return self.periodic
+        periodic = self.periodic_bound(inverter)
+        if periodic > 0.0 or not allow_dense:
+            return periodic
         if self.dense is None:
             gram = inverter.weight_gram(_float64_weight(inverter))
             bound = 0.0
@@ -451,7 +464,8 @@ def weight_bounds(inverter: Conv2dInverter) -> WeightBounds:
 
 
 def _power_bounds(inverter: Conv2dInverter) -> WeightBounds:
-    """lambda_max(A^T A) by power iteration from a seeded start, and the periodic lower bound of lambda_min."""
+    """lambda_max(A^T A) by power iteration from a seeded start (the lower bounds of lambda_min come later, when
+    asked for)."""
     like = _float64_weight(inverter)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(inverter.input_shape, generator=gen, dtype=torch.float64).to(like.device)
@@ -464,10 +478,7 @@ def _power_bounds(inverter: Conv2dInverter) -> WeightBounds:
         if float(norm) == 0.0:
             break
         v = w / norm
-    periodic = 0.0
-    if border_free(inverter.input_shape, inverter.kernel, inverter.stride, inverter.padding):
-        periodic = max(periodic_lam_min(like, inverter.input_shape, inverter.stride, inverter.padding), 0.0)
-    return WeightBounds(lam_max=value, periodic=periodic)
+    return WeightBounds(lam_max=value)
 
 
 # ------------------------------------------------------------------------------------------- entry points
