@@ -13,6 +13,15 @@ final PSNR to 0.01 dB (measured: equal to the last bit). The full replays are ``
 CPU on one thread for all 9 (measured with ``time``: the longest L-BFGS cases ~35 s each, IG 12-25 s per
 case). The fast suite replays the first 21 L-BFGS steps of one DLG and one iDLG case and the first 100 IG
 steps of every IG case (before the first step-size cut at 1799, so ``decay=none`` gives the same steps).
+
+Host arithmetic: "equal to the last bit" needs a machine whose float32 kernels round as the reference machine's
+did. On a 2-core Xeon with AVX-512 (2026-12-02) the first loss of every case already differed in its last bits
+(relative 1e-7 to 1e-6, and it moved with ``ATEN_CPU_CAPABILITY``), and L-BFGS without a line search amplifies
+that chaotically (the loss after the first step ranged from 68 to 389 across ISA settings). So
+``test_first_losses_match_reference_on_any_host`` checks, on every machine, what does not depend on the
+trajectory (the inputs, the loss definitions and the first loss, to ``HOST_REL``; iDLG's label), and the
+trajectory replays run where the host reproduces the reference's first losses bit for bit, and are skipped,
+saying why, elsewhere.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from tests.conftest import CONF_DIR
 REFERENCE_FILE = Path(__file__).resolve().parent / "fidelity" / "reference-trajectories.json"
 REFERENCE: dict[str, Any] = json.loads(REFERENCE_FILE.read_text())
 REL = 1e-6  # float32 round-off
+#: The first losses on a host whose float32 kernels round differently (reductions over ~62,000 gradient entries in
+#: another order: measured up to 1.1e-6 relative on an AVX-512 host).
+HOST_REL = 1e-5
 
 
 def cases(kind: str) -> list[Any]:
@@ -86,6 +98,57 @@ def max_rel(pairs: list[tuple[float, float]]) -> float:
     return max(abs(ours - ref) / abs(ref) for ours, ref in pairs)
 
 
+def first_loss(kind: str, case: dict[str, Any]) -> tuple[float, float, AttackResult]:
+    """``(ours, reference)`` for the case's first recorded loss, from a two-step run (a run's last trace point
+    is its final loss): L-BFGS's step 0 (the loss at the dummy, before any update) or IG's step 1 (after one
+    signed step), and the run's result."""
+    result, losses, _ = replay(kind, case, iterations=2, **({"decay": "none"} if kind == "ig" else {}))
+    if kind == "ig":
+        step, ref = case["loss_at_steps"][0]
+        assert step == 1
+        return losses[1], ref, result
+    step, ref = case["loss_every10"][0]
+    assert step == 0
+    return losses[1], ref, result
+
+
+_HOST: dict[str, float] = {}
+
+
+def host_difference() -> float:
+    """The largest relative difference between this host's first losses and the reference's over all 9 cases
+    (0.0: the host rounds as the reference machine did). Computed once per process (about 3 s)."""
+    if "rel" not in _HOST:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            pairs = [first_loss(kind, case)[:2] for kind in ("dlg", "idlg", "ig") for case in REFERENCE[kind]]
+        finally:
+            torch.set_num_threads(before)
+        _HOST["rel"] = max_rel(pairs)
+    return _HOST["rel"]
+
+
+def require_reference_arithmetic() -> None:
+    """Skip a trajectory replay on a host whose float32 arithmetic differs from the reference machine's."""
+    difference = host_difference()
+    if difference > 0.0:
+        pytest.skip(f"this host's float32 kernels round differently from the reference machine's: the first losses "
+                    f"differ by up to {difference:.1e} relative (not bit for bit), which the optimizers amplify; "
+                    f"test_first_losses_match_reference_on_any_host checks what does not depend on that")
+
+
+@pytest.mark.parametrize("kind", ["dlg", "idlg", "ig"])
+def test_first_losses_match_reference_on_any_host(kind: str) -> None:
+    """On every host: each case's first loss (same weights, image, gradient, dummy and loss definition) to
+    ``HOST_REL``, and iDLG's label, which it reads from the gradient before any step."""
+    for case in REFERENCE[kind]:
+        ours, ref, result = first_loss(kind, case)
+        assert abs(ours - ref) <= HOST_REL * abs(ref), (case, ours, ref)
+        if kind == "idlg":
+            assert result.labels.tolist() == [case["recovered_label"]]
+
+
 # ------------------------------------------------------------------------------------------------------
 # DLG and iDLG: L-BFGS, 300 steps. The reference's ``[step, loss]`` is the loss optimizer.step returned at
 # 0-based step ``step``; the project's trace records it as iteration ``step + 1``.
@@ -100,6 +163,7 @@ def check_lbfgs_prefix(result: AttackResult, losses: dict[int, float], case: dic
 @pytest.mark.parametrize("kind", ["dlg", "idlg"])
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_lbfgs_replays_reference(kind: str, index: int) -> None:
+    require_reference_arithmetic()
     case = REFERENCE[kind][index]
     result, losses, psnr = replay(kind, case)
     assert result.iterations == case["steps"] and not result.info["stopped_early"]
@@ -115,6 +179,7 @@ def test_lbfgs_replays_reference(kind: str, index: int) -> None:
 def test_lbfgs_first_steps_replay_reference(kind: str, index: int) -> None:
     """Fast check: the first 21 steps (recorded losses at steps 0, 10, 20); a run's first steps do not
     depend on its length."""
+    require_reference_arithmetic()
     case = REFERENCE[kind][index]
     result, losses, _ = replay(kind, case, iterations=21)
     check_lbfgs_prefix(result, losses, case, 21)
@@ -129,6 +194,7 @@ def test_lbfgs_first_steps_replay_reference(kind: str, index: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", cases("ig"))
 def test_ig_replays_reference(case: dict[str, Any]) -> None:
+    require_reference_arithmetic()
     result, losses, psnr = replay("ig", case)
     assert result.iterations == case["steps"]
     assert result.info["decay_milestones"] == [1799, 2999, 4203]
@@ -144,6 +210,7 @@ def test_ig_replays_reference(case: dict[str, Any]) -> None:
 def test_ig_first_steps_replay_reference(case: dict[str, Any]) -> None:
     """Fast check: steps 1, 10 and 100. The reference cuts the step size first after 1799 steps, so 100
     steps without decay are the first 100 steps of the 4800-step run."""
+    require_reference_arithmetic()
     result, losses, _ = replay("ig", case, iterations=100, decay="none")
     pairs = [(losses[k], ref) for k, ref in case["loss_at_steps"] if k <= 100]
     assert len(pairs) == 3 and max_rel(pairs) <= REL, pairs
