@@ -26,6 +26,7 @@ saying why, elsewhere.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,40 +99,26 @@ def max_rel(pairs: list[tuple[float, float]]) -> float:
     return max(abs(ours - ref) / abs(ref) for ours, ref in pairs)
 
 
-def first_loss(kind: str, case: dict[str, Any]) -> tuple[float, float, AttackResult]:
-    """``(ours, reference)`` for the case's first recorded loss, from a two-step run (a run's last trace point
-    is its final loss): L-BFGS's step 0 (the loss at the dummy, before any update) or IG's step 1 (after one
-    signed step), and the run's result."""
-    result, losses, _ = replay(kind, case, iterations=2, **({"decay": "none"} if kind == "ig" else {}))
-    if kind == "ig":
-        step, ref = case["loss_at_steps"][0]
-        assert step == 1
-        return losses[1], ref, result
-    step, ref = case["loss_every10"][0]
-    assert step == 0
-    return losses[1], ref, result
-
-
-_HOST: dict[str, float] = {}
-
-
-def host_difference() -> float:
-    """The largest relative difference between this host's first losses and the reference's over all 9 cases
-    (0.0: the host rounds as the reference machine did). Computed once per process (about 3 s)."""
-    if "rel" not in _HOST:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            pairs = [first_loss(kind, case)[:2] for kind in ("dlg", "idlg", "ig") for case in REFERENCE[kind]]
-        finally:
-            torch.set_num_threads(before)
-        _HOST["rel"] = max_rel(pairs)
-    return _HOST["rel"]
+@functools.cache
+def first_losses() -> dict[str, list[tuple[float, float, list[int]]]]:
+    """Per attack, per case: ``(ours, reference, recovered labels)`` for the case's first recorded loss, from a
+    two-step run (a run's last trace point is its final loss): L-BFGS's step 0 (the loss at the dummy, before any
+    update) or IG's step 1 (after one signed step). Run once per process (about 3 s; the tests' one thread)."""
+    out: dict[str, list[tuple[float, float, list[int]]]] = {}
+    for kind in ("dlg", "idlg", "ig"):
+        out[kind] = []
+        for case in REFERENCE[kind]:
+            result, losses, _ = replay(kind, case, iterations=2, **({"decay": "none"} if kind == "ig" else {}))
+            step, ref = (case["loss_at_steps"] if kind == "ig" else case["loss_every10"])[0]
+            assert step == (1 if kind == "ig" else 0)
+            out[kind].append((losses[1], ref, result.labels.tolist()))
+    return out
 
 
 def require_reference_arithmetic() -> None:
-    """Skip a trajectory replay on a host whose float32 arithmetic differs from the reference machine's."""
-    difference = host_difference()
+    """Skip a trajectory replay on a host whose float32 arithmetic differs from the reference machine's: the
+    largest relative difference of the 9 first losses is not 0."""
+    difference = max_rel([(ours, ref) for runs in first_losses().values() for ours, ref, _ in runs])
     if difference > 0.0:
         pytest.skip(f"this host's float32 kernels round differently from the reference machine's: the first losses "
                     f"differ by up to {difference:.1e} relative (not bit for bit), which the optimizers amplify; "
@@ -142,11 +129,10 @@ def require_reference_arithmetic() -> None:
 def test_first_losses_match_reference_on_any_host(kind: str) -> None:
     """On every host: each case's first loss (same weights, image, gradient, dummy and loss definition) to
     ``HOST_REL``, and iDLG's label, which it reads from the gradient before any step."""
-    for case in REFERENCE[kind]:
-        ours, ref, result = first_loss(kind, case)
+    for case, (ours, ref, labels) in zip(REFERENCE[kind], first_losses()[kind], strict=True):
         assert abs(ours - ref) <= HOST_REL * abs(ref), (case, ours, ref)
         if kind == "idlg":
-            assert result.labels.tolist() == [case["recovered_label"]]
+            assert labels == [case["recovered_label"]]
 
 
 # ------------------------------------------------------------------------------------------------------
