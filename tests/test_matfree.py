@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgap.algorithm import matfree
 from rgap.algorithm.inverters import Conv2dInverter, make_inverter
 from rgap.algorithm.matfree import conjugate_gradient, lanczos_cond, solve_normal
 from rgap.algorithm.recursive import RGAP
@@ -265,6 +266,92 @@ def test_conjugate_gradient_on_explicit_spd_matrix() -> None:
     assert lanczos_cond(res.alphas, res.betas) == pytest.approx(1e3, rel=1e-6)
     zero = conjugate_gradient(lambda v: mat @ v, torch.zeros(30, dtype=DTYPE), None, 1e-12, 10)
     assert zero.converged and zero.iterations == 0 and not zero.x.any()
+
+
+def _spd(n: int, decades: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An SPD matrix with eigenvalues log-spaced over ``decades`` decades, and a right-hand side."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DTYPE))
+    return q @ torch.diag(torch.logspace(0, decades, n, dtype=DTYPE)) @ q.T, torch.randn(n, generator=gen, dtype=DTYPE)
+
+
+def _true_residual(mat: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(b - mat @ x) / torch.linalg.vector_norm(b))
+
+
+def test_float32_products_with_reliable_updates_reach_float64_accuracy() -> None:
+    """Search directions from float32 products, true residuals in float64: the float64 tolerance holds for the
+    true residual, in about as many steps as exact products take; CG whose only product is the float32 one
+    claims the same tolerance from its recursive residual while the true one stays near float32 accuracy."""
+    mat, b = _spd(200, 3, 0)
+    low = mat.float()
+
+    def fast(v: torch.Tensor) -> torch.Tensor:
+        return (low @ v.float()).double()
+
+    exact = conjugate_gradient(lambda v: mat @ v, b, None, 1e-13, 3000)
+    reliable = conjugate_gradient(lambda v: mat @ v, b, None, 1e-13, 3000, fast_matvec=fast)
+    assert reliable.converged and _true_residual(mat, reliable.x, b) <= 1e-13
+    assert _rel(reliable.x, torch.linalg.solve(mat, b)) < 1e-10
+    assert reliable.iterations <= 1.3 * exact.iterations
+    naive = conjugate_gradient(fast, b, None, 1e-13, 3000)
+    assert naive.converged and _true_residual(mat, naive.x, b) > 1e-9
+
+
+def test_inexact_products_that_stall_hand_over_to_exact_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eigenvalues over 4 decades: float32 products stall short of 1e-13 (without the hand-over CG does not
+    converge in 3,000 steps, exact products need about 850); with it CG finishes with exact products."""
+    mat, b = _spd(200, 4, 0)
+    low = mat.float()
+    calls = {"exact": 0}
+
+    def exact(v: torch.Tensor) -> torch.Tensor:
+        calls["exact"] += 1
+        return mat @ v
+
+    def fast(v: torch.Tensor) -> torch.Tensor:
+        return (low @ v.float()).double()
+
+    result = conjugate_gradient(exact, b, None, 1e-13, 3000, fast_matvec=fast)
+    assert result.converged and _true_residual(mat, result.x, b) < 1e-12
+    assert calls["exact"] > 30  # replacements alone would be about 15
+    monkeypatch.setattr(matfree, "STALL_FACTOR", float("inf"))
+    assert not conjugate_gradient(lambda v: mat @ v, b, None, 1e-13, 3000, fast_matvec=fast).converged
+
+
+@pytest.mark.parametrize("error", [1e-3, 1e-2, 0.5])
+def test_bad_inexact_products_do_not_change_the_answer(error: float) -> None:
+    """A fast product that is not the operator (a symmetric error of ``error`` times its norm; at 1e-3 CG on it
+    diverges without breaking down): CG still ends at the true solution, by exact products."""
+    mat, b = _spd(200, 3, 0)
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.randn(200, 200, generator=gen, dtype=DTYPE)
+    noise = noise + noise.T
+    wrong = mat + error * torch.linalg.matrix_norm(mat, 2) / torch.linalg.matrix_norm(noise, 2) * noise
+    result = conjugate_gradient(lambda v: mat @ v, b, None, 1e-13, 3000, fast_matvec=lambda v: wrong @ v)
+    assert result.converged and _true_residual(mat, result.x, b) < 2e-13
+    assert _rel(result.x, torch.linalg.solve(mat, b)) < 1e-10
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["patch-gradient", "channel-block"])
+@pytest.mark.parametrize("cfg", [CONV_CONFIGS[0], CONV_CONFIGS[2], CONV_CONFIGS[6]], ids=["s1", "s2", "s3"])
+def test_lowered_patch_product_is_the_product_at_float32_round_off(cfg: tuple, block: bool) -> None:
+    """``PatchProduct.lowered``: the same ``G v`` as the dense Gram (autograd-checked path) to float32 accuracy,
+    and not to float64's (it is computed in float32), returned in float64."""
+    layer, in_shape, out_shape = _layer("conv", cfg, 40)
+    inv = make_inverter(layer, in_shape, out_shape)
+    gen = torch.Generator().manual_seed(41)
+    k = torch.randn(out_shape, generator=gen, dtype=DTYPE)
+    x = torch.rand(in_shape, generator=gen, dtype=DTYPE)
+    op = inv.normal_operator(k, inv.weight_gradient(k, x), inv.forward(x), True)
+    gram, _ = inv.normal_equations(k, inv.weight_gradient(k, x), inv.forward(x), True)
+    if block:
+        op.matvec.use_channel_block(op.weights[0] * inv.gradient_block(k))
+    v = torch.randn(inv.n, generator=gen, dtype=DTYPE)
+    product = op.matvec.lowered()(v)
+    assert product.dtype == DTYPE
+    assert 1e-12 < _rel(product, gram @ v) < 1e-5
+    assert _rel(op.matvec(v), gram @ v) < 1e-12
 
 
 def test_unknown_preconditioner_is_refused() -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from rgap.algorithm import inverters, preconditioners, structured, weightcache
+from rgap.algorithm import inverters, matfree, preconditioners, structured, weightcache
 from rgap.algorithm.circulant import (
     TorusGramInverse,
     border_free,
@@ -414,6 +414,35 @@ def test_float32_application_is_what_the_flag_says(monkeypatch: pytest.MonkeyPat
     assert _rel(preconditioners.build("shared_torus", system, float32=True)(r), exact) < 1e-5
     monkeypatch.setattr(preconditioners, "LOWERED_APPLY", False)
     assert _rel(preconditioners.build("shared_torus", system, float32=True)(r), exact) < 1e-14
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.01], ids=["consistent", "noisy"])
+@pytest.mark.parametrize("cfg", [FULL_RANK[0], FULL_RANK[1], FULL_RANK[3], FULL_RANK[4], DEFICIENT[0], DEFICIENT[1]],
+                         ids=["s1", "s2-k4", "s1-c4", "s3", "deficient-f1", "deficient-s3"])
+def test_float32_products_keep_cg_exact(cfg: tuple, noise: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CG's directions from float32 products (``LOWERED_PRODUCTS``) or float64 ones: the same dense (minimum-norm)
+    solution to round-off, about as many steps; the float32 products are used exactly where CG is not
+    projected on a null space (full-rank layers)."""
+    inv = _conv(cfg, 42)
+    data = _data(inv, 43, noise)
+    dense = solve_gram(*inv.normal_equations(data["k"], data["g"], data["z"], True))
+    original = matfree.PatchProduct.lowered
+    lowered_calls: list[int] = []
+
+    def spy(self: matfree.PatchProduct) -> object:
+        lowered_calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(matfree.PatchProduct, "lowered", spy)
+    steps = {}
+    for lowered in (False, True):
+        monkeypatch.setattr(structured, "LOWERED_PRODUCTS", lowered)
+        lowered_calls.clear()
+        sol = solve_conv(inv, data["k"], data["g"], data["z"], True, STRUCTURED)
+        assert sol.converged and sol.rank == dense.rank and _rel(sol.x, dense.x) < 1e-9
+        assert len(lowered_calls) == (1 if lowered and dense.rank == inv.n else 0)
+        steps[lowered] = sol.iterations
+    assert steps[True] <= steps[False] + max(3, steps[False] // 10), steps
 
 
 def test_fft_size_is_the_next_2_3_5_smooth_number() -> None:

@@ -7,7 +7,9 @@ block that every input channel shares (``K0``: one row per kernel weight of one 
 
 * **Solve**: conjugate gradients (``rgap.algorithm.matfree.conjugate_gradient``; products by ``normal_operator``, with
   the gradient term as ``(I (x) B) v`` when that is cheaper) preconditioned by one of the preconditioners of
-  ``rgap.algorithm.preconditioners``, chosen from the layer's sizes.
+  ``rgap.algorithm.preconditioners``, chosen from the layer's sizes. Where CG is not projected on a null space
+  its search directions come from float32 products with float64 residual replacements (``LOWERED_PRODUCTS``):
+  the stopping test holds for the float64 residual.
 * **Rank** (:meth:`ConvSystem.null_space`), with the cut-off of ``rgap.algorithm.solvers`` (eigenvalues of ``G`` above
   ``RCOND^2 lambda_max(G)``), from the same blocks: ``G >= wk I (x) B``, so a full-rank ``B`` settles it;
   otherwise ``null(G) = null(I (x) B) cap null(A)`` is found in the ``C m0``-dimensional null space of
@@ -69,6 +71,9 @@ GAP = 1e4
 SINGLE_THREAD_LIMIT = 20000
 #: Power iterations for lambda_max(A^T A), which enters the rank cut-off.
 POWER_ITERATIONS = 30
+#: CG's search directions from float32 products (``PatchProduct.lowered``) with float64 residual replacements
+#: (``conjugate_gradient``'s ``fast_matvec``) where CG is not projected on a null space.
+LOWERED_PRODUCTS = True
 
 
 @dataclass
@@ -320,7 +325,8 @@ class ConvSystem:
         return name, preconditioners.build(name, self, float32=float32)
 
     def solve(self, options: SolveOptions, null: NullSpace | None) -> Solution:
-        """CG with the chosen preconditioner; projected on ``null``'s complement when it has a basis."""
+        """CG with the chosen preconditioner; projected on ``null``'s complement when it has a basis, else with
+        float32 products for the search directions (``LOWERED_PRODUCTS``, ``PatchProduct.lowered``)."""
         basis = null.basis if null is not None else None
         name, apply = self.preconditioner(float32=basis is None)  # not under a null-space projection
         if basis is not None:  # keep CG in range(G): the preconditioner projected on null(G)'s complement
@@ -330,8 +336,9 @@ class ConvSystem:
                 y = plain(r - basis @ (basis.T @ r))
                 return y - basis @ (basis.T @ y)
 
+        lowered = getattr(self.op.matvec, "lowered", None) if basis is None and LOWERED_PRODUCTS else None
         result = conjugate_gradient(self.op.matvec, self.op.rhs, None, options.cg_tol, options.cg_maxiter,
-                                    precondition=apply)
+                                    precondition=apply, fast_matvec=None if lowered is None else lowered())
         x = result.x
         if basis is not None:
             x = x - basis @ (basis.T @ x)
