@@ -14,12 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from rgap.algorithm import inverters, matfree, preconditioners, structured, weightcache
+from rgap.algorithm import circulant, inverters, matfree, preconditioners, structured, weightcache
 from rgap.algorithm.circulant import (
     TorusGramInverse,
     border_free,
     fft_size,
     hermitian_inverse,
+    margin_pixels,
     periodic_lam_min,
     torus_grid,
 )
@@ -28,7 +29,13 @@ from rgap.algorithm.inverters import Conv2dInverter, make_inverter
 from rgap.algorithm.network import read_stages
 from rgap.algorithm.rank import operating_point, rank_analysis
 from rgap.algorithm.recursive import RGAP
-from rgap.algorithm.solvers import SolveOptions, numerical_rank, singular_values_from_gram, solve_gram
+from rgap.algorithm.solvers import (
+    SolveOptions,
+    cholesky_apply,
+    numerical_rank,
+    singular_values_from_gram,
+    solve_gram,
+)
 from rgap.algorithm.structured import conv_rank, solve_conv, weight_bounds
 from rgap.client.gradient import compute_shared_gradient
 from rgap.core.errors import UserInputError
@@ -359,6 +366,65 @@ def test_torus_inverse_is_exact_away_from_the_border(cfg: tuple) -> None:
     lowered = low(image.reshape(-1).float())
     assert lowered.dtype == torch.float32 and _rel(lowered.double(), v.reshape(-1)) < 1e-4  # float32 round-off
     assert torus.inverse.dtype == torch.complex128 and low is torus.lowered()
+
+
+@pytest.mark.parametrize("fast_grid", [True, False], ids=["fast-grid", "minimal-grid"])
+@pytest.mark.parametrize("cfg", [(2, 9, 9, 5, (3, 3), 2, 1), (3, 10, 8, 4, (2, 2), 2, 0)], ids=["k3-s2-p1", "k2-s2"])
+def test_exact_margin_inverts_the_restricted_gram(cfg: tuple, fast_grid: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a border-free layer the torus inverse with ``exact_margin`` is ``(wa A^T A + gamma I)^-1`` on the whole
+    image (borders included), on either torus grid (forward model: the real convolution and its adjoint)."""
+    monkeypatch.setattr(circulant, "FAST_GRID", fast_grid)
+    inv = _conv(cfg, 44)
+    assert border_free(inv.input_shape, inv.kernel, inv.stride, inv.padding)
+    v = torch.randn(inv.input_shape, generator=torch.Generator().manual_seed(45), dtype=DTYPE)
+    wa, gamma = 0.7, 1e-3
+    image = wa * inv.input_vjp(inv.forward(v)) + gamma * v
+    torus = TorusGramInverse(inv.weight(v), inv.input_shape, inv.stride, inv.padding, wa, gamma, exact_margin=10**6)
+    assert torus.margin is not None and _rel(torus(image.reshape(-1)), v.reshape(-1)) < 1e-10
+    plain = TorusGramInverse(inv.weight(v), inv.input_shape, inv.stride, inv.padding, wa, gamma)
+    error = _rel(plain(image.reshape(-1)), v.reshape(-1))
+    # without it the border is wrong where windows overlap (with kernel = stride no window couples two pixels
+    # across the margin, and the plain periodic inverse is exact already)
+    assert error > 1e-3 if inv.kernel[0] > inv.stride[0] else error < 1e-10
+
+
+def test_grid_gives_up_fast_ffts_for_an_exact_margin() -> None:
+    """``_grid``: the 2-3-5 grid unless only the minimal grid keeps the margin within the limit."""
+    shape, kernel, stride = (3, 40, 40), (4, 4), (2, 2)
+    fast, minimal = torus_grid(shape, kernel, stride, fast=True), torus_grid(shape, kernel, stride)
+    assert (fast, minimal) == ((24, 24), (22, 22))
+    assert (margin_pixels(shape, stride, fast), margin_pixels(shape, stride, minimal)) == (2112, 1008)
+    assert circulant._grid(shape, kernel, stride, 0) == fast
+    assert circulant._grid(shape, kernel, stride, 2112) == fast
+    assert circulant._grid(shape, kernel, stride, 1500) == minimal
+    assert circulant._grid(shape, kernel, stride, 1000) == fast  # neither is exact: the faster one
+
+
+def test_lowrank_with_an_exact_margin_needs_a_handful_of_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A border-free 3 x 40 x 40 layer (CNN6-W's conv1 in small: 12 filters 4 x 4, stride 2, padding 2): with the
+    margin inverted exactly (possible on the minimal grid only, at a limit of 1,500 pixels) ``lowrank`` CG needs
+    a handful of steps, without it many more; both reach the dense solution."""
+    inv = _conv((3, 40, 40, 12, (4, 4), 2, 2), 46)
+    assert border_free(inv.input_shape, inv.kernel, inv.stride, inv.padding)
+    data = _data(inv, 47, 0.0)
+    dense = solve_gram(*inv.normal_equations(data["k"], data["g"], data["z"], True))
+    steps = {}
+    for limit in (1500, 1000):
+        monkeypatch.setattr(preconditioners, "EXACT_MARGIN", limit)
+        sol = solve_conv(inv, data["k"], data["g"], data["z"], True, STRUCTURED)
+        assert sol.preconditioner == "lowrank" and sol.converged and _rel(sol.x, dense.x) < 1e-9
+        steps[limit] = sol.iterations
+    assert steps[1500] <= 20 and steps[1000] >= 3 * steps[1500], steps
+
+
+@pytest.mark.parametrize("columns", [1, 5])
+def test_cholesky_apply_solves_the_factored_system(columns: int) -> None:
+    gen = torch.Generator().manual_seed(48)
+    a = torch.randn(60, 60, generator=gen, dtype=DTYPE)
+    spd = a @ a.T + 0.1 * torch.eye(60, dtype=DTYPE)
+    rhs = torch.randn(60, columns, generator=gen, dtype=DTYPE)
+    assert _rel(cholesky_apply(rhs, torch.linalg.cholesky(spd)), torch.linalg.solve(spd, rhs)) < 1e-10
 
 
 @pytest.mark.parametrize("lowered", [True, False], ids=["float32-setup", "float64-setup"])

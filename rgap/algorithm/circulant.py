@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from rgap.algorithm.solvers import cholesky_apply
+
 #: ``TorusGramInverse`` rounds its grid up to FFT-friendly sizes (``torus_grid(fast=True)``).
 FAST_GRID = True
 #: Largest batch of vectors pushed through one inverse application (bounds the FFT buffers).
@@ -36,6 +38,24 @@ def torus_grid(input_shape: tuple[int, ...], kernel: tuple[int, ...], stride: tu
     (height, width), (kh, kw), (sh, sw) = input_shape[1:], kernel, stride
     grid = math.ceil((height + kh) / sh), math.ceil((width + kw) / sw)
     return (fft_size(grid[0]), fft_size(grid[1])) if fast else grid
+
+
+def margin_pixels(input_shape: tuple[int, int, int], stride: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Pixels of the torus ``(s_h M_h) x (s_w M_w)`` outside the image, over all channels."""
+    channels, height, width = input_shape
+    return channels * (stride[0] * grid[0] * stride[1] * grid[1] - height * width)
+
+
+def _grid(input_shape: tuple[int, int, int], kernel: tuple[int, ...], stride: tuple[int, int],
+          exact_margin: int) -> tuple[int, int]:
+    """The polyphase grid of a ``TorusGramInverse``: ``torus_grid``'s fast one, or its minimal one where only that
+    keeps the margin within ``exact_margin`` (the exact inverse saves far more CG steps than faster FFTs)."""
+    fast = torus_grid(input_shape, kernel, stride, fast=FAST_GRID)
+    if exact_margin and margin_pixels(input_shape, stride, fast) > exact_margin:
+        minimal = torus_grid(input_shape, kernel, stride)
+        if margin_pixels(input_shape, stride, minimal) <= exact_margin:
+            return minimal
+    return fast
 
 
 def fft_size(n: int) -> int:
@@ -143,7 +163,7 @@ class TorusGramInverse:
         (sh, sw) = stride
         self.stride = (sh, sw)
         self.input_shape = (channels if mix is None else 1, height, width)
-        self.mh, self.mw = torus_grid(input_shape, weight.shape[2:], stride, fast=FAST_GRID)
+        self.mh, self.mw = _grid(self.input_shape, weight.shape[2:], stride, exact_margin)
         self.nh, self.nw = sh * self.mh, sw * self.mw
         blocks = periodic_gram(weight, input_shape, stride, padding, wa, mix, grid=(self.mh, self.mw))
         size = blocks.shape[-1]
@@ -199,7 +219,7 @@ class TorusGramInverse:
         solved = self._core(torus, channel)
         if self.margin is not None:  # Schur complement over the margin: the inverse of the restricted Gram
             flat = solved.reshape(m, -1)
-            weights = torch.cholesky_solve(flat[:, self.margin].T, self.margin_chol).T
+            weights = cholesky_apply(flat[:, self.margin].T, self.margin_chol).T
             spread = torch.zeros_like(flat)
             spread[:, self.margin] = weights
             solved = solved - self._core(spread.reshape(m, channels, self.nh, self.nw))

@@ -11,9 +11,10 @@ final residual and a condition-number estimate from the Lanczos coefficients of 
 Everything runs in float64 on the device of the inputs, except that the structured solver
 (``rgap.algorithm.structured``) may take CG's search directions from a float32 copy of the product
 (``PatchProduct.lowered``, about half the time) with float64 residual replacements (``conjugate_gradient``'s
-``fast_matvec``); the loop uses torch only (one host sync per iteration for the stopping test). Products and CG updates write into buffers allocated once per solve:
-thousands of iterations that each allocate and free megabyte-sized temporaries fragment glibc's heap
-(measured: peak RSS of a 128 px CNN6 reconstruction anywhere from 2 to 18 GB instead of under 1 GB).
+``fast_matvec``); the loop uses torch only (one host sync per iteration for the stopping test). Products and CG
+updates write into buffers allocated once per solve: thousands of iterations that each allocate and free
+megabyte-sized temporaries fragment glibc's heap (measured: peak RSS of a 128 px CNN6 reconstruction anywhere
+from 2 to 18 GB instead of under 1 GB).
 """
 
 from __future__ import annotations
