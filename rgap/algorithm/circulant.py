@@ -266,11 +266,19 @@ class TorusGramInverse:
         i, j = rest // nw, rest % nw
         # entry (p, q) = [T^-1]_{q, p} = base[c_p, phase(p)][c_q, q - (p's stride cell)], one flat gather
         source = ((c * sh + i % sh) * sw + j % sw) * channels  # [|m|]: p's (channel, phase) row block
-        rows_i = (i.unsqueeze(0) - (sh * (i // sh)).unsqueeze(1)) % nh
-        rows_j = (j.unsqueeze(0) - (sw * (j // sw)).unsqueeze(1)) % nw
-        flat = ((source.unsqueeze(1) + c.unsqueeze(0)) * nh + rows_i) * nw + rows_j
+        # q - (p's cell), cyclically, as a pixel index: one row per distinct cell, gathered by rows (the element-wise
+        # index arithmetic on |m|^2 entries took most of the set-up: 0.25 of 0.5 s at |m| = 3,264)
+        cells, which = torch.unique(sh * (i // sh) * nw + sw * (j // sw), return_inverse=True)
+        shifted = ((i.unsqueeze(0) - (cells // nw).unsqueeze(1)) % nh) * nw
+        shifted += (j.unsqueeze(0) - (cells % nw).unsqueeze(1)) % nw
+        flat = shifted[which]
+        flat += (source * (nh * nw)).unsqueeze(1)
+        flat += (c * (nh * nw)).unsqueeze(0)
         block = base.reshape(-1)[flat.to(device)]
-        self.margin_chol = torch.linalg.cholesky(0.5 * (block + block.T))
+        del flat
+        block += block.T.clone()
+        block *= 0.5
+        self.margin_chol = torch.linalg.cholesky(block)
         self.margin = margin.to(device)
 
     def raw_channel(self, planes: torch.Tensor, channel: int) -> tuple[torch.Tensor, torch.Tensor | None]:

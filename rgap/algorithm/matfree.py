@@ -31,7 +31,7 @@ from rgap.algorithm.solvers import Solution, SolveOptions
 
 PRECONDITIONERS = ("jacobi", "none")
 #: Reliable-update CG (``conjugate_gradient`` with ``fast_matvec``) replaces the residual by the true one whenever
-#: the recursive residual has fallen by this factor since the last replacement.
+#: the recursive residual has fallen by this factor since the last replacement (or grown by its inverse) ...
 RELIABLE_FACTOR = 0.1
 #: ... and gives the inexact products up when the true residual fell by less than this factor between two
 #: replacements.
@@ -209,10 +209,11 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torc
     with *reliable updates* (residual replacement; van der Vorst and Ye, SIAM J. Sci. Comput. 22, 2000; Clark
     et al., Comput. Phys. Commun. 181, 2010): whenever the recursive residual has fallen by ``RELIABLE_FACTOR``
     since the last replacement, and before convergence is declared, it is replaced by the true residual
-    ``rhs - matvec(x)``, so that ``converged`` then holds for the true residual. Vectors stay in ``rhs``'s
-    dtype. When the inexact products stop helping (a breakdown, or a true residual that fell by less than
-    ``STALL_FACTOR`` between replacements: the accuracy the inexact product can reach), CG restarts from the
-    current iterate with ``matvec`` and goes on as without ``fast_matvec``.
+    ``rhs - matvec(x)``, so that ``converged`` then holds for the true residual (a recursive residual that has
+    grown by ``1 / RELIABLE_FACTOR`` is replaced too). Vectors stay in ``rhs``'s dtype. When the inexact products
+    stop helping (a breakdown, or a true residual that fell by less than ``STALL_FACTOR`` between replacements:
+    the accuracy the inexact product can reach, or a diverging recursion), CG restarts from the current iterate
+    with ``matvec`` and goes on as without ``fast_matvec``.
     """
     x = torch.zeros_like(rhs)
     bnorm = float(torch.linalg.vector_norm(rhs))
