@@ -35,7 +35,7 @@ from rgap.algorithm import preconditioners, weightcache
 from rgap.algorithm.circulant import border_free, periodic_lam_min
 from rgap.algorithm.matfree import NormalOperator, conjugate_gradient, lanczos_cond
 from rgap.algorithm.preconditioners import Preconditioner
-from rgap.algorithm.solvers import RCOND, Solution, SolveOptions
+from rgap.algorithm.solvers import RCOND, Solution, SolveOptions, cholesky_apply
 
 
 class Conv2dInverter(Protocol):
@@ -386,7 +386,7 @@ def _null_vectors(matrix: torch.Tensor, count: int, cut: float) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
         block = torch.randn(matrix.shape[0], count, generator=gen, dtype=matrix.dtype).to(matrix.device)
         for _ in range(3):
-            block = torch.linalg.qr(torch.cholesky_solve(block, chol))[0]
+            block = torch.linalg.qr(cholesky_apply(block, chol))[0]
         ritz = torch.linalg.eigvalsh(block.T @ matrix @ block)
         if float(ritz.max()) <= cut:
             return block
@@ -440,7 +440,7 @@ class WeightBounds:
                 v = torch.randn(gram.shape[0], 1, generator=gen, dtype=torch.float64).to(gram.device)
                 estimate = 0.0
                 for _ in range(8):
-                    v = torch.cholesky_solve(v, chol)
+                    v = cholesky_apply(v, chol)
                     v /= torch.linalg.vector_norm(v)
                     estimate = float(v.T @ gram @ v)
                 del chol
