@@ -246,13 +246,12 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torc
         x.addcmul_(p, alpha)
         r.addcmul_(q, alpha, value=-1.0)
         pq_host, rnorm = torch.stack([pq, torch.linalg.vector_norm(r)]).tolist()
-        steps += 1
         inexact = product is not matvec
+        if pq_host <= 0.0 and not inexact:
+            break
+        steps += 1
         if pq_host > 0.0:
             alphas.append(alpha)
-        elif not inexact:
-            steps -= 1
-            break
         if inexact and (pq_host <= 0.0 or rnorm <= tol * bnorm or rnorm <= RELIABLE_FACTOR * since
                         or rnorm > since / RELIABLE_FACTOR):
             torch.sub(rhs, matvec(x), out=r)
